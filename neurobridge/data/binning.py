@@ -1,0 +1,78 @@
+"""Binning of spikes and continuous signals onto the neuron × time grid."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def num_bins(duration: float, bin_size: float) -> int:
+    """Number of bins of ``bin_size`` seconds that tile ``duration`` seconds.
+
+    A duration that is a multiple of ``bin_size`` up to float error gives the exact count;
+    otherwise the last partial bin is counted.
+    """
+    if bin_size <= 0:
+        raise ValueError(f"bin_size must be > 0 seconds, got {bin_size}.")
+    n = duration / bin_size
+    return max(1, int(math.ceil(n - 1e-6)))
+
+
+def bin_spikes(
+    timestamps: np.ndarray,
+    unit_index: np.ndarray,
+    *,
+    num_units: int,
+    start: float,
+    end: float,
+    bin_size: float,
+) -> np.ndarray:
+    """Count spikes per (time bin, unit) on ``[start, end)``.
+
+    Args:
+        timestamps: ``[n_spikes]`` spike times in seconds.
+        unit_index: ``[n_spikes]`` unit of each spike, in ``[0, num_units)``.
+        num_units: number of units (columns of the grid).
+        start, end: the binned interval in seconds; bin ``b`` covers
+            ``[start + b * bin_size, start + (b + 1) * bin_size)``.
+        bin_size: bin width in seconds.
+
+    Returns:
+        ``[n_bins, num_units]`` float32 spike counts. Spikes outside ``[start, end)`` are dropped.
+    """
+    n_bins = num_bins(end - start, bin_size)
+    timestamps = np.asarray(timestamps, dtype=np.float64)
+    unit_index = np.asarray(unit_index, dtype=np.int64)
+    bins = np.floor((timestamps - start) / bin_size).astype(np.int64)
+    keep = (timestamps >= start) & (timestamps < end) & (bins < n_bins)
+    flat = bins[keep] * num_units + unit_index[keep]
+    counts = np.bincount(flat, minlength=n_bins * num_units)
+    return counts.reshape(n_bins, num_units).astype(np.float32)
+
+
+def bin_regular(
+    values: np.ndarray,
+    *,
+    sampling_rate: float,
+    bin_size: float,
+    n_bins: int,
+) -> np.ndarray:
+    """Average a regularly sampled signal ``[n_samples, n_channels]`` into ``n_bins`` bins.
+
+    Sample ``i`` (at time ``i / sampling_rate`` from the window start) goes to bin
+    ``floor(i / sampling_rate / bin_size)``. Bins with no sample are NaN.
+
+    Returns:
+        ``[n_bins, n_channels]`` float32 bin means.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    t = np.arange(values.shape[0]) / sampling_rate
+    bins = np.floor(t / bin_size + 1e-9).astype(np.int64)
+    keep = bins < n_bins
+    sums = np.zeros((n_bins, values.shape[1]))
+    np.add.at(sums, bins[keep], values[keep])
+    counts = np.bincount(bins[keep], minlength=n_bins)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = sums / counts
+    return out.astype(np.float32)
