@@ -1,0 +1,190 @@
+"""LightningDataModule over a folder of recordings (or the built-in synthetic data)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from torch_brain.data import collate
+
+from neurobridge.data.binning import bin_spikes
+from neurobridge.data.dataset import RecordingDataset
+from neurobridge.data.samplers import EvalWindowSampler, TrainWindowSampler
+from neurobridge.masking import MASKING_MODES
+
+__all__ = ["NeuralDataModule", "default_cache_dir"]
+
+
+def default_cache_dir() -> Path:
+    """``$NEUROBRIDGE_CACHE`` or ``~/.cache/neurobridge``."""
+    return Path(os.environ.get("NEUROBRIDGE_CACHE", Path.home() / ".cache" / "neurobridge"))
+
+
+class NeuralDataModule(L.LightningDataModule):
+    """Windows of multi-session recordings for masked pretraining.
+
+    Call :meth:`setup` first, initialise the model's unit and session vocabularies from
+    :attr:`unit_ids` / :attr:`session_ids`, then set :attr:`tokenizer`; the dataloaders use it.
+
+    Args:
+        root: folder of recordings; ``None`` with ``synthetic`` set generates synthetic data
+            into the cache on first use.
+        synthetic: keyword arguments of :class:`neurobridge.data.synthetic.SyntheticConfig`.
+        modality: ``"spikes"`` or ``"values"`` (continuous MUA, CaPOYO).
+        recording_ids: subset of recordings; all by default.
+        value_key: regular time series field with the values (``"values"`` modality).
+        region_key: units field with each unit's region.
+        sequence_length: window length in seconds.
+        bin_size: grid bin width in seconds.
+        batch_size: training batch size (per process).
+        eval_batch_size: batch size for validation and test (default: ``batch_size``).
+        num_workers: DataLoader worker processes.
+        seed: seed of the training windows and masks.
+        eval_seed: seed of the fixed evaluation masks.
+        eval_modes: masking modes each evaluation window is scored under.
+        max_val_windows: cap on validation windows (test always uses all windows).
+    """
+
+    def __init__(
+        self,
+        *,
+        root: str | None = None,
+        synthetic: dict | None = None,
+        modality: str = "spikes",
+        recording_ids: list[str] | None = None,
+        value_key: str = "mua.values",
+        region_key: str = "brain_region",
+        sequence_length: float = 1.0,
+        bin_size: float = 0.02,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+        eval_seed: int = 1234,
+        eval_modes: Sequence[str] = MASKING_MODES,
+        max_val_windows: int | None = 64,
+    ):
+        super().__init__()
+        if root is None and synthetic is None:
+            raise ValueError("Set data.root to a folder of recordings, or use data=synthetic.")
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}.")
+        bad = set(eval_modes) - set(MASKING_MODES)
+        if bad:
+            raise ValueError(f"data.eval_modes has unknown modes {sorted(bad)}; valid: {list(MASKING_MODES)}.")
+        self.root = root
+        self.synthetic = dict(synthetic) if synthetic is not None else None
+        self.modality = modality
+        self.recording_ids = recording_ids
+        self.value_key = value_key
+        self.region_key = region_key
+        self.sequence_length = float(sequence_length)
+        self.bin_size = float(bin_size)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.eval_seed = eval_seed
+        self.eval_modes = list(eval_modes)
+        self.max_val_windows = max_val_windows
+        self.dataset: RecordingDataset | None = None
+
+    # ----------------------------------------------------------------- setup
+    def resolve_root(self) -> Path:
+        if self.root is not None:
+            return Path(self.root).expanduser()
+        from neurobridge.data.synthetic import SyntheticConfig, ensure_synthetic_recordings
+
+        config = SyntheticConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                                    for k, v in self.synthetic.items()})
+        return ensure_synthetic_recordings(default_cache_dir() / "synthetic", config)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        self.dataset = RecordingDataset(
+            self.resolve_root(),
+            modality=self.modality,
+            recording_ids=self.recording_ids,
+            value_key=self.value_key,
+        )
+        self.intervals = {s: self.dataset.split_intervals(s) for s in ("train", "valid", "test")}
+        self.recording_of_session = dict(zip(self.dataset.session_ids(), self.dataset.recording_ids))
+
+    @property
+    def unit_ids(self) -> list[str]:
+        return self.dataset.unit_ids()
+
+    @property
+    def session_ids(self) -> list[str]:
+        return self.dataset.session_ids()
+
+    @property
+    def tokenizer(self):
+        return self.dataset.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value) -> None:
+        self.dataset.tokenizer = value
+
+    # ----------------------------------------------------------- dataloaders
+    def _loader(self, sampler, batch_size: int) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            sampler=sampler,
+            batch_size=batch_size,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            worker_init_fn=_reseed_worker if self.num_workers else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = TrainWindowSampler(
+            intervals=self.intervals["train"], window_length=self.sequence_length, seed=self.seed
+        )
+        return self._loader(sampler, self.batch_size)
+
+    def eval_sampler(self, split: str, max_windows: int | None = None) -> EvalWindowSampler:
+        return EvalWindowSampler(
+            intervals=self.intervals[split],
+            window_length=self.sequence_length,
+            modes=self.eval_modes,
+            seed=self.eval_seed,
+            max_windows=max_windows,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_sampler("valid", self.max_val_windows), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_sampler("test"), self.eval_batch_size)
+
+    # --------------------------------------------------------------- helpers
+    def train_counts(self, recording_id: str) -> np.ndarray:
+        """``[n_bins, n_units]`` spike counts of the recording's whole training split.
+
+        Blocks of the split are binned separately (with this module's ``bin_size``) and
+        stacked in time; used to fit the smoothing baseline.
+        """
+        data = self.dataset.get_recording(recording_id)
+        n_units = len(data.units.id)
+        ts = np.asarray(data.spikes.timestamps)
+        ui = np.asarray(data.spikes.unit_index)
+        dom = self.intervals["train"][recording_id]
+        blocks = [
+            bin_spikes(ts, ui, num_units=n_units, start=s, end=e, bin_size=self.bin_size)
+            for s, e in zip(dom.start, dom.end)
+        ]
+        return np.concatenate(blocks, axis=0)
+
+
+def _reseed_worker(worker_id: int) -> None:
+    # masks are seeded per window, so workers only need distinct numpy/torch global state
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)

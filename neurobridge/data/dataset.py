@@ -1,0 +1,159 @@
+"""A folder of recordings (temporaldata HDF5, brainsets layout) served as tokenized windows."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+from temporaldata import Data, Interval
+from torch_brain.dataset import Dataset
+
+from neurobridge.data.tokenizer import WindowIndex
+
+__all__ = ["RecordingDataset", "SPLITS"]
+
+SPLITS = ("train", "valid", "test")
+
+
+class RecordingDataset(Dataset):
+    """torch_brain's lazy HDF5 :class:`~torch_brain.dataset.Dataset` with checked recordings.
+
+    ``dataset[WindowIndex(...)]`` slices the window and passes it, with its index (which fixes
+    the mask), to ``tokenizer``. Each file is checked when opened: a missing folder, a file
+    that is not a readable HDF5 recording, or a recording without the fields that
+    ``modality`` needs raises an error naming the file, the field and the fix.
+
+    Args:
+        root: folder of ``<recording_id>.h5`` files.
+        modality: ``"spikes"`` (needs ``spikes.timestamps``, ``spikes.unit_index``) or
+            ``"values"`` (needs the regular time series named by ``value_key``).
+        recording_ids: subset of recordings (file stems); all ``*.h5`` files by default.
+        value_key: ``"<timeseries>.<field>"`` holding continuous values (``"values"`` only).
+        tokenizer: ``(window: Data, index: WindowIndex) -> dict``; set later with
+            :attr:`tokenizer` once the model's vocabularies exist.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        *,
+        modality: str = "spikes",
+        recording_ids: list[str] | None = None,
+        value_key: str = "mua.values",
+        tokenizer: Callable[[Data, WindowIndex], dict] | None = None,
+    ):
+        root = Path(root)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"Data folder {root} does not exist. Set data.root to a folder of recording "
+                "files (<recording_id>.h5), or use data=synthetic to generate one."
+            )
+        found = sorted(p.stem for p in root.glob("*.h5"))
+        if not found:
+            raise FileNotFoundError(
+                f"Data folder {root} holds no recording (*.h5) files. Convert your data with the "
+                "scripts in scripts/, or use data=synthetic."
+            )
+        for rid in found:
+            _check_hdf5(root / f"{rid}.h5")
+        super().__init__(root, recording_ids=recording_ids, keep_files_open=True)
+        self.root = root
+        self.modality = modality
+        self.value_key = value_key
+        self.tokenizer = tokenizer
+        for rid in self.recording_ids:
+            _check_recording(self.get_recording(rid), root / f"{rid}.h5", modality, value_key)
+
+    def __getitem__(self, index: WindowIndex) -> dict:
+        if self.tokenizer is None:
+            raise RuntimeError("RecordingDataset.tokenizer is not set; the data module sets it.")
+        window = self.get_recording(index.recording_id).slice(index.start, index.end)
+        return self.tokenizer(window, index)
+
+    def split_intervals(self, split: str) -> dict[str, Interval]:
+        """``{recording_id: Interval}`` of the split's domain in each recording."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+        out = {}
+        for rid in self.recording_ids:
+            data = self.get_recording(rid)
+            key = f"{split}_domain"
+            if key not in data.keys():
+                raise ValueError(
+                    f"{self.root / (rid + '.h5')}: no '{key}'. Every recording needs train_domain, "
+                    "valid_domain and test_domain Intervals (temporaldata Data.set_train_domain "
+                    "etc.)."
+                )
+            dom = getattr(data, key)
+            out[rid] = Interval(np.asarray(dom.start).copy(), np.asarray(dom.end).copy())
+        return out
+
+    def unit_ids(self) -> list[str]:
+        """All unit ids over the recordings, in recording order."""
+        ids: list[str] = []
+        for rid in self.recording_ids:
+            ids.extend(np.asarray(self.get_recording(rid).units.id).astype(str).tolist())
+        if len(ids) != len(set(ids)):
+            raise ValueError(
+                f"Unit ids in {self.root} are not unique across recordings. Prefix them with the "
+                "session id (e.g. '<session>/<unit>') when converting the data."
+            )
+        return ids
+
+    def session_ids(self) -> list[str]:
+        return [str(self.get_recording(rid).session.id) for rid in self.recording_ids]
+
+
+def _check_hdf5(path: Path) -> None:
+    try:
+        with h5py.File(path, "r") as f:
+            f.keys()
+    except OSError as err:
+        raise OSError(
+            f"{path} is not a readable HDF5 file ({err}). It may be truncated or not a recording; "
+            "re-create it with the conversion script or remove it from the folder."
+        ) from None
+
+
+def _check_recording(data: Data, path: Path, modality: str, value_key: str) -> None:
+    def need(cond: bool, field: str, fix: str) -> None:
+        if not cond:
+            raise ValueError(f"{path}: missing or invalid field '{field}'. {fix}")
+
+    keys = data.keys()
+    need("units" in keys and "id" in data.units.keys(), "units.id",
+         "Each recording needs a units ArrayDict with a string id per unit.")
+    need("session" in keys and "id" in data.session.keys(), "session.id",
+         "Each recording needs session=Data(id=...).")
+    need(data.domain is not None, "domain", "Give the recording a domain Interval.")
+    n_units = len(data.units.id)
+    if modality == "spikes":
+        need("spikes" in keys, "spikes",
+             "A spiking recording needs spikes=IrregularTimeSeries(timestamps, unit_index).")
+        need("unit_index" in data.spikes.keys(), "spikes.unit_index",
+             "Give each spike the index of its unit in units.id.")
+        ui = np.asarray(data.spikes.unit_index)
+        if len(ui) and (ui.min() < 0 or ui.max() >= n_units):
+            raise ValueError(
+                f"{path}: spikes.unit_index has values in [{ui.min()}, {ui.max()}] but units.id "
+                f"has {n_units} units. Indices must be in [0, {n_units})."
+            )
+        ts = np.asarray(data.spikes.timestamps)
+        if not np.isfinite(ts).all():
+            raise ValueError(f"{path}: spikes.timestamps has NaN/Inf values. Drop those spikes.")
+        if len(ts) > 1 and np.any(np.diff(ts) < 0):
+            raise ValueError(
+                f"{path}: spikes.timestamps is not sorted. Sort spikes by time (with their "
+                "unit_index) before saving."
+            )
+    elif modality == "values":
+        series_name, _, field = value_key.partition(".")
+        need(series_name in keys and field in getattr(data, series_name).keys(), value_key,
+             f"A continuous recording needs {series_name}=RegularTimeSeries({field}=[T, n_units]).")
+        shape = np.shape(getattr(getattr(data, series_name), field))
+        need(len(shape) == 2 and shape[1] == n_units, value_key,
+             f"Expected shape [n_samples, {n_units}] (one column per unit), got {shape}.")
+    else:
+        raise ValueError(f"modality must be 'spikes' or 'values', got {modality!r}.")

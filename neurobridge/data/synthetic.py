@@ -1,0 +1,616 @@
+"""Synthetic multi-region recordings with a known ground truth.
+
+The generator simulates, for every session, a low-dimensional latent system with
+region-specific dynamics and feed-forward coupling between regions (region ``k`` is driven
+by the lagged latents of region ``k - 1``, e.g. V1 -> V4 -> IT). Each unit's log firing rate
+is a linear read-out of its region's latents (plus a small weight on a shared global latent).
+Spikes are drawn from the resulting piecewise-constant rate (one value per 10 ms sample),
+or, for ``modality="mua"``, a noisy continuous signal derived from the rates is stored
+instead. The rates and latents are saved alongside the observations so that models can be
+scored against the truth.
+
+Recordings are written as temporaldata HDF5 files ``<root>/<recording_id>.h5`` that
+:class:`torch_brain.dataset.Dataset` reads directly.
+
+Layout of one recording (``T = round(duration * 100)`` samples, ``N`` units/channels,
+``L = len(regions) * latent_dim_per_region + global_latent_dim``)::
+
+    session.id              str, e.g. "synthetic_s00" (== recording id)
+    subject.id              str, e.g. "synthetic_s00_subject"
+    brainset.id             str, "neurobridge_synthetic"
+    units.id                str [N], e.g. "synthetic_s00/u000" (unique across sessions)
+    units.brain_region      str [N]
+    spikes.timestamps       float64 [S], sorted, seconds       (modality="spikes")
+    spikes.unit_index       int64 [S], index into units        (modality="spikes")
+    mua.values              float32 [T, N], clean + noise      (modality="mua", 100 Hz)
+    mua.clean               float32 [T, N], noise-free signal  (modality="mua", 100 Hz)
+    true_rates.rates        float32 [T, N], Hz, 100 Hz
+    true_rates.latents      float32 [T, L], 100 Hz; columns are the latents of
+                            regions[0], regions[1], ... then the global latent
+    domain                  Interval(0, T / 100)
+    train_domain, valid_domain, test_domain   disjoint Intervals covering the domain
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy.signal import lfilter
+from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries, RegularTimeSeries
+
+__all__ = [
+    "SAMPLING_RATE",
+    "SyntheticConfig",
+    "build_recording",
+    "config_hash",
+    "ensure_synthetic_recordings",
+    "generate_synthetic_recordings",
+    "recording_ids",
+    "recording_summary",
+    "split_intervals",
+]
+
+#: Sampling rate (Hz) of the latent/rate grid, of ``true_rates`` and of ``mua``.
+SAMPLING_RATE = 100.0
+_DT = 1.0 / SAMPLING_RATE
+#: Bumped whenever the generated content changes, so cached folders are not reused.
+_GENERATOR_VERSION = 1
+_BURN_IN = 300  # samples simulated and discarded before t = 0
+_INPUT_TAU = 0.05  # s, low-pass time constant of the noise driving the latents
+_GLOBAL_TAU = 1.0  # s, time constant of the shared global latent
+_SPLIT_PATTERN = ("train",) * 7 + ("valid",) + ("test",) * 2
+_MANIFEST = "synthetic_config.json"
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Parameters of the synthetic data set.
+
+    Attributes
+    ----------
+    n_sessions : int
+        Number of recordings (>= 1); each has its own units and latent trajectory.
+    regions : tuple of str
+        Brain regions, in feed-forward order (region k is driven by region k - 1).
+    units_per_region : int
+        Units (or MUA channels) per region and session (>= 1).
+    duration : float
+        Seconds per session (>= 20), rounded to the 10 ms grid.
+    latent_dim_per_region : int
+        Latent dimensions per region (1..16): pairs form damped rotations, an odd
+        leftover dimension is a slow damped (OU-like) mode.
+    modality : str
+        ``"spikes"`` (Poisson spikes) or ``"mua"`` (noisy continuous signal).
+    mua_noise_std : float
+        Std of the Gaussian noise added to ``mua.clean`` (>= 0).
+    seed : int
+        Seed of everything (>= 0). Session ``k`` only depends on ``seed`` and ``k``.
+    unit_count_jitter : int
+        Each (session, region) gets ``units_per_region + U{-j..j}`` units
+        (0 <= j < units_per_region).
+    coupling : float
+        Fraction (0..1) of a downstream region's latent drive that comes from the
+        lagged upstream latents (the rest is private noise).
+    coupling_lag : float
+        Lag in seconds (0..1) of the feed-forward coupling.
+    global_latent_dim : int
+        Dimensions (0..8) of a slow latent shared by all regions.
+    global_weight : float
+        Share (0..1) of each unit's log-rate loading put on the global latent.
+    mean_rate_median : float
+        Median of the per-unit time-averaged rate in Hz (inside ``mean_rate_range``).
+    mean_rate_range : tuple of float
+        (low, high) clip of the per-unit time-averaged rate in Hz, 0 < low < high.
+    log_rate_std_range : tuple of float
+        Per-unit std over time of the log rate is drawn uniformly from this range.
+    max_rate : float
+        Rates are clipped at this value in Hz (> mean_rate_range[1]).
+    split_block_len : float
+        Nominal length in seconds (>= 2) of the blocks assigned to train/valid/test.
+    recording_prefix : str
+        Recording ids are ``f"{recording_prefix}_s{k:02d}"``.
+    """
+
+    n_sessions: int = 4
+    regions: tuple[str, ...] = ("V1", "V4", "IT")
+    units_per_region: int = 20
+    duration: float = 300.0
+    latent_dim_per_region: int = 3
+    modality: str = "spikes"
+    mua_noise_std: float = 0.3
+    seed: int = 0
+    unit_count_jitter: int = 0
+    coupling: float = 0.6
+    coupling_lag: float = 0.05
+    global_latent_dim: int = 1
+    global_weight: float = 0.3
+    mean_rate_median: float = 8.0
+    mean_rate_range: tuple[float, float] = (2.0, 30.0)
+    log_rate_std_range: tuple[float, float] = (0.5, 1.0)
+    max_rate: float = 200.0
+    split_block_len: float = 10.0
+    recording_prefix: str = "synthetic"
+
+    def __post_init__(self) -> None:
+        # accept lists (e.g. from YAML / OmegaConf) for the tuple fields
+        for name in ("regions", "mean_rate_range", "log_rate_std_range"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise ValueError(f"{name} must be a sequence, not a string, got {value!r}.")
+            if not isinstance(value, tuple):
+                try:
+                    object.__setattr__(self, name, tuple(value))
+                except TypeError:
+                    raise ValueError(f"{name} must be a sequence, got {value!r}.") from None
+        _validate(self)
+
+    @property
+    def latent_total_dim(self) -> int:
+        """Columns of ``true_rates.latents``."""
+        return len(self.regions) * self.latent_dim_per_region + self.global_latent_dim
+
+    @property
+    def n_samples(self) -> int:
+        """Samples ``T`` of the 10 ms grid per session."""
+        return int(round(self.duration * SAMPLING_RATE))
+
+
+def _check_int(cfg: SyntheticConfig, name: str, low: int, high: int | None = None) -> None:
+    value = getattr(cfg, name)
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    ok = ok and value >= low and (high is None or value <= high)
+    if not ok:
+        valid = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"{name} must be an integer {valid}, got {value!r}.")
+
+
+def _is_number(value) -> bool:
+    return (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+    )
+
+
+def _check_float(
+    cfg: SyntheticConfig, name: str, low: float, high: float | None = None, *, strict=False
+) -> None:
+    value = getattr(cfg, name)
+    ok = _is_number(value)
+    ok = ok and (value > low if strict else value >= low) and (high is None or value <= high)
+    if not ok:
+        lo = f"> {low}" if strict else f">= {low}"
+        valid = lo if high is None else f"{lo} and <= {high}"
+        raise ValueError(f"{name} must be a number {valid}, got {value!r}.")
+
+
+def _validate(cfg: SyntheticConfig) -> None:
+    _check_int(cfg, "n_sessions", 1)
+    if len(cfg.regions) < 1:
+        raise ValueError("regions must name at least 1 region, got ().")
+    if any(not isinstance(r, str) or not r or "/" in r for r in cfg.regions):
+        raise ValueError(f"regions must be non-empty strings without '/', got {cfg.regions!r}.")
+    if len(set(cfg.regions)) != len(cfg.regions):
+        raise ValueError(f"regions must be unique, got {cfg.regions!r}.")
+    _check_int(cfg, "units_per_region", 1)
+    _check_float(cfg, "duration", 20.0)
+    _check_int(cfg, "latent_dim_per_region", 1, 16)
+    if cfg.modality not in ("spikes", "mua"):
+        raise ValueError(f"modality must be one of {{'spikes', 'mua'}}, got {cfg.modality!r}.")
+    _check_float(cfg, "mua_noise_std", 0.0)
+    _check_int(cfg, "seed", 0)
+    _check_int(cfg, "unit_count_jitter", 0, cfg.units_per_region - 1)
+    _check_float(cfg, "coupling", 0.0, 1.0)
+    _check_float(cfg, "coupling_lag", 0.0, 1.0)
+    _check_int(cfg, "global_latent_dim", 0, 8)
+    _check_float(cfg, "global_weight", 0.0, 1.0)
+    rr = cfg.mean_rate_range
+    if len(rr) != 2 or not all(_is_number(v) for v in rr) or not 0 < rr[0] < rr[1]:
+        raise ValueError(f"mean_rate_range must be (low, high) with 0 < low < high Hz, got {rr!r}.")
+    _check_float(cfg, "mean_rate_median", rr[0], rr[1])
+    sr = cfg.log_rate_std_range
+    if len(sr) != 2 or not all(_is_number(v) for v in sr) or not 0 <= sr[0] <= sr[1] <= 3:
+        raise ValueError(
+            f"log_rate_std_range must be (low, high) with 0 <= low <= high <= 3, got {sr!r}."
+        )
+    _check_float(cfg, "max_rate", rr[1], strict=True)
+    _check_float(cfg, "split_block_len", 2.0)
+    if (
+        not isinstance(cfg.recording_prefix, str)
+        or not cfg.recording_prefix
+        or any(c in cfg.recording_prefix for c in "/\\. ")
+    ):
+        raise ValueError(
+            "recording_prefix must be a non-empty string without '/', '\\', '.' or spaces, "
+            f"got {cfg.recording_prefix!r}."
+        )
+
+
+# --------------------------------------------------------------------------------------
+# ground-truth simulation
+
+
+def recording_ids(config: SyntheticConfig) -> list[str]:
+    """Recording ids ``f"{prefix}_s{k:02d}"`` for ``k < n_sessions``."""
+    return [f"{config.recording_prefix}_s{k:02d}" for k in range(config.n_sessions)]
+
+
+def _zscore(x: np.ndarray, ref: slice = slice(None)) -> np.ndarray:
+    mu = x[ref].mean(axis=0)
+    sd = x[ref].std(axis=0)
+    return (x - mu) / np.where(sd > 0, sd, 1.0)
+
+
+def _smooth_noise(rng: np.random.Generator, n: int, m: int, tau: float) -> np.ndarray:
+    """``[n, m]`` unit-variance Gaussian noise low-passed with time constant ``tau``."""
+    rho = math.exp(-_DT / tau)
+    x = lfilter([1.0 - rho], [1.0, -rho], rng.standard_normal((n, m)), axis=0)
+    return _zscore(x)
+
+
+def _region_dynamics(config: SyntheticConfig) -> list[dict]:
+    """Per-region poles and coupling matrices, shared by all sessions of a config."""
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2**20,)))
+    d = config.latent_dim_per_region
+    out = []
+    for k in range(len(config.regions)):
+        # slower, lower-frequency dynamics further down the hierarchy
+        tau = min(0.3, 0.1 * 1.5**k) * rng.uniform(0.9, 1.1)
+        freq = max(0.75, 3.0 / 1.5**k) * rng.uniform(0.9, 1.1)
+        poles = [
+            complex(math.exp(-_DT / tau) * np.exp(2j * math.pi * freq * (1 + 0.4 * j) * _DT))
+            for j in range(d // 2)
+        ]
+        real_pole = math.exp(-_DT / (2.0 * tau)) if d % 2 else None
+        coupling = None
+        if k > 0:
+            coupling = rng.standard_normal((d, d))
+            coupling /= np.linalg.norm(coupling, axis=1, keepdims=True)
+        out.append({"poles": poles, "real_pole": real_pole, "coupling": coupling})
+    return out
+
+
+def _simulate_latents(
+    config: SyntheticConfig, dynamics: list[dict], rng: np.random.Generator
+) -> np.ndarray:
+    """``[T, latent_total_dim]`` z-scored latents of one session."""
+    n = config.n_samples + _BURN_IN
+    d = config.latent_dim_per_region
+    lag = int(round(config.coupling_lag * SAMPLING_RATE))
+    keep = slice(_BURN_IN, None)
+    blocks = []
+    upstream = None
+    for dyn in dynamics:
+        drive = _smooth_noise(rng, n, d, _INPUT_TAU)
+        if upstream is not None:
+            shifted = np.zeros_like(upstream)
+            shifted[lag:] = upstream[: n - lag]
+            c = config.coupling
+            drive = math.sqrt(1.0 - c) * drive + math.sqrt(c) * (shifted @ dyn["coupling"].T)
+        z = np.empty((n, d))
+        for j, pole in enumerate(dyn["poles"]):
+            w = lfilter([1.0], [1.0, -pole], drive[:, 2 * j] + 1j * drive[:, 2 * j + 1])
+            z[:, 2 * j], z[:, 2 * j + 1] = w.real, w.imag
+        if dyn["real_pole"] is not None:
+            z[:, -1] = lfilter([1.0], [1.0, -dyn["real_pole"]], drive[:, -1])
+        z = _zscore(z, keep)
+        blocks.append(z)
+        upstream = z
+    if config.global_latent_dim:
+        rho = math.exp(-_DT / _GLOBAL_TAU)
+        g = _smooth_noise(rng, n, config.global_latent_dim, _INPUT_TAU)
+        blocks.append(_zscore(lfilter([1.0], [1.0, -rho], g, axis=0), keep))
+    return np.concatenate(blocks, axis=1)[keep]
+
+
+def _units_and_rates(
+    config: SyntheticConfig, latents: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw units and their rates; returns (region index [N], rates float32 [T, N] Hz)."""
+    d = config.latent_dim_per_region
+    j = config.unit_count_jitter
+    counts = config.units_per_region + rng.integers(-j, j + 1, size=len(config.regions))
+    region_index = np.repeat(np.arange(len(config.regions)), counts)
+    n_units = len(region_index)
+
+    # loadings: a random direction in the unit's region latents (+ the global latent)
+    g_dim = config.global_latent_dim
+    w = config.global_weight if g_dim else 0.0
+    loadings = np.zeros((latents.shape[1], n_units))
+    v = rng.standard_normal((d, n_units))
+    v /= np.linalg.norm(v, axis=0, keepdims=True)
+    for i, r in enumerate(region_index):
+        loadings[r * d : (r + 1) * d, i] = math.sqrt(1.0 - w**2) * v[:, i]
+    if g_dim:
+        u = rng.standard_normal((g_dim, n_units))
+        loadings[-g_dim:] = w * u / np.linalg.norm(u, axis=0, keepdims=True)
+
+    # per-unit modulation depth (std of the log rate) and time-averaged rate
+    lo, hi = config.log_rate_std_range
+    depth = rng.uniform(lo, hi, size=n_units)
+    r_lo, r_hi = config.mean_rate_range
+    mean_rate = np.exp(rng.normal(math.log(config.mean_rate_median), 0.6, size=n_units))
+    mean_rate = np.clip(mean_rate, r_lo, r_hi)
+
+    x = _zscore(latents @ loadings) * depth
+    log_rate = np.log(mean_rate) - np.log(np.exp(x).mean(axis=0)) + x
+    rates = np.minimum(np.exp(log_rate), config.max_rate).astype(np.float32)
+    return region_index, rates
+
+
+def _sample_spikes(rates: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Poisson spikes from the piecewise-constant ``rates`` [T, N] (Hz, 10 ms samples).
+
+    Returns sorted ``timestamps`` float64 [S] and ``unit_index`` int64 [S].
+    """
+    n_units = rates.shape[1]
+    counts = rng.poisson(rates.astype(np.float64) * _DT)
+    flat = np.flatnonzero(counts)
+    flat = np.repeat(flat, counts.ravel()[flat])
+    sample, unit = np.divmod(flat, n_units)
+    timestamps = (sample + rng.random(len(flat))) * _DT
+    # guard against rounding up onto the next sample boundary
+    upper = (sample + 1) * _DT
+    timestamps = np.where(timestamps < upper, timestamps, np.nextafter(upper, 0.0))
+    order = np.argsort(timestamps, kind="stable")
+    return timestamps[order], unit[order].astype(np.int64)
+
+
+def split_intervals(config: SyntheticConfig, rng: np.random.Generator) -> dict[str, Interval]:
+    """Contiguous train/valid/test blocks of one session.
+
+    The session is cut into ``max(10, floor(duration / split_block_len))`` equal blocks
+    (edges on the 10 ms grid, so each block is >= 2 s). Each consecutive group of 10 blocks
+    gets a random permutation of 7 train, 1 valid and 2 test blocks (a trailing partial
+    group gets the first blocks of such a permutation). Adjacent blocks of the same split
+    are merged. Returns ``{"train": Interval, "valid": Interval, "test": Interval}``.
+    """
+    n_samples = config.n_samples
+    n_blocks = max(10, int(math.floor(config.duration / config.split_block_len + 1e-9)))
+    edges = np.round(np.linspace(0, n_samples, n_blocks + 1)).astype(np.int64)
+    labels: list[str] = []
+    while len(labels) < n_blocks:
+        perm = rng.permutation(len(_SPLIT_PATTERN))
+        labels.extend(_SPLIT_PATTERN[p] for p in perm)
+    labels = labels[:n_blocks]
+    out = {}
+    for split in ("train", "valid", "test"):
+        starts, ends = [], []
+        for b, label in enumerate(labels):
+            if label != split:
+                continue
+            if ends and ends[-1] == edges[b]:
+                ends[-1] = edges[b + 1]
+            else:
+                starts.append(edges[b])
+                ends.append(edges[b + 1])
+        out[split] = Interval(
+            start=np.asarray(starts, dtype=np.float64) / SAMPLING_RATE,
+            end=np.asarray(ends, dtype=np.float64) / SAMPLING_RATE,
+        )
+    return out
+
+
+def build_recording(config: SyntheticConfig, session_index: int) -> Data:
+    """Simulate session ``session_index`` of ``config`` in memory.
+
+    Returns
+    -------
+    temporaldata.Data
+        The recording, laid out as described in the module docstring.
+    """
+    if not 0 <= session_index < config.n_sessions:
+        raise ValueError(
+            f"session_index must be in [0, {config.n_sessions - 1}], got {session_index}."
+        )
+    rid = recording_ids(config)[session_index]
+    streams = np.random.SeedSequence(config.seed, spawn_key=(session_index,)).spawn(4)
+    rng_latent, rng_units, rng_obs, rng_split = (np.random.default_rng(s) for s in streams)
+
+    latents = _simulate_latents(config, _region_dynamics(config), rng_latent)
+    region_index, rates = _units_and_rates(config, latents, rng_units)
+    n_units = rates.shape[1]
+    duration = config.n_samples / SAMPLING_RATE
+    tag = "u" if config.modality == "spikes" else "ch"
+
+    fields: dict = {
+        "brainset": Data(id="neurobridge_synthetic"),
+        "subject": Data(id=f"{rid}_subject"),
+        "session": Data(id=rid, modality=config.modality),
+        "units": ArrayDict(
+            id=np.array([f"{rid}/{tag}{i:03d}" for i in range(n_units)]),
+            brain_region=np.asarray(config.regions)[region_index],
+        ),
+        "true_rates": RegularTimeSeries(
+            rates=rates,
+            latents=latents.astype(np.float32),
+            sampling_rate=SAMPLING_RATE,
+        ),
+    }
+    if config.modality == "spikes":
+        timestamps, unit_index = _sample_spikes(rates, rng_obs)
+        fields["spikes"] = IrregularTimeSeries(
+            timestamps=timestamps,
+            unit_index=unit_index,
+            domain=Interval(0.0, duration),
+        )
+    else:
+        # clean = gain * standardized log1p(rate) + offset, per channel
+        gain = rng_obs.uniform(0.75, 1.25, size=n_units)
+        offset = rng_obs.normal(0.0, 0.5, size=n_units)
+        clean = (gain * _zscore(np.log1p(rates.astype(np.float64))) + offset).astype(np.float32)
+        noise = rng_obs.standard_normal(clean.shape) * config.mua_noise_std
+        fields["mua"] = RegularTimeSeries(
+            values=(clean + noise).astype(np.float32),
+            clean=clean,
+            sampling_rate=SAMPLING_RATE,
+        )
+
+    data = Data(domain=Interval(0.0, duration), **fields)
+    splits = split_intervals(config, rng_split)
+    data.train_domain = splits["train"]
+    data.valid_domain = splits["valid"]
+    data.test_domain = splits["test"]
+    return data
+
+
+# --------------------------------------------------------------------------------------
+# writing
+
+
+def config_hash(config: SyntheticConfig) -> str:
+    """Short (12 hex) hash of the config and generator version; names cache folders."""
+    payload = {"generator_version": _GENERATOR_VERSION, **dataclasses.asdict(config)}
+    blob = json.dumps(payload, sort_keys=True, default=list).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]
+
+
+def _write_manifest(root: Path, config: SyntheticConfig) -> None:
+    payload = {
+        "generator_version": _GENERATOR_VERSION,
+        "config_hash": config_hash(config),
+        "config": dataclasses.asdict(config),
+        "recording_ids": recording_ids(config),
+    }
+    tmp = root / f"{_MANIFEST}.tmp"
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, root / _MANIFEST)
+
+
+def generate_synthetic_recordings(
+    root: str | Path,
+    config: SyntheticConfig | None = None,
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Write ``config.n_sessions`` recordings into ``root``; return their paths.
+
+    Each file is written to ``<name>.h5.tmp`` and then renamed to ``<name>.h5``. A
+    ``synthetic_config.json`` manifest describing the config is written last.
+
+    Parameters
+    ----------
+    root : str or Path
+        Output folder (created if missing).
+    config : SyntheticConfig, optional
+        Defaults to ``SyntheticConfig()``.
+    overwrite : bool
+        Replace existing recordings; otherwise an existing target raises FileExistsError.
+
+    Returns
+    -------
+    list of Path
+        ``<root>/<recording_id>.h5`` in session order.
+    """
+    config = SyntheticConfig() if config is None else config
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    paths = [root / f"{rid}.h5" for rid in recording_ids(config)]
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"Recordings already exist (pass overwrite=True to replace them): {existing}"
+        )
+    for k, path in enumerate(paths):
+        data = build_recording(config, k)
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            data.save(tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    _write_manifest(root, config)
+    return paths
+
+
+def _cleanup_stale_tmp(cache_dir: Path, key: str, max_age_s: float = 3600.0) -> None:
+    """Best-effort removal of temporary folders left by interrupted runs long ago."""
+    now = time.time()
+    for tmp in cache_dir.glob(f".{key}.tmp-*"):
+        try:
+            if now - tmp.stat().st_mtime > max_age_s:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            pass
+
+
+def ensure_synthetic_recordings(
+    cache_dir: str | Path, config: SyntheticConfig | None = None
+) -> Path:
+    """Return a folder holding the recordings of ``config``, generating them on first use.
+
+    The folder is ``<cache_dir>/<config_hash(config)>``. It is generated in a temporary
+    sibling folder (``.<hash>.tmp-<pid>-<random>``) that is renamed into place only when
+    complete, so an existing folder is always complete. If another process finishes first,
+    its folder is kept and ours is discarded.
+
+    Parameters
+    ----------
+    cache_dir : str or Path
+        Parent folder of the per-config folders (created if missing).
+    config : SyntheticConfig, optional
+        Defaults to ``SyntheticConfig()``.
+
+    Returns
+    -------
+    Path
+        Folder to pass to ``torch_brain.dataset.Dataset``.
+    """
+    config = SyntheticConfig() if config is None else config
+    cache_dir = Path(cache_dir)
+    key = config_hash(config)
+    final = cache_dir / key
+    if not final.is_dir():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _cleanup_stale_tmp(cache_dir, key)
+        tmp = cache_dir / f".{key}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        try:
+            generate_synthetic_recordings(tmp, config)
+            try:
+                os.rename(tmp, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                # another process won the race: keep its folder
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    missing = [rid for rid in recording_ids(config) if not (final / f"{rid}.h5").is_file()]
+    if missing:
+        raise RuntimeError(
+            f"Synthetic data folder {final} is incomplete (missing {missing}); delete it to "
+            "regenerate."
+        )
+    return final
+
+
+def recording_summary(path: str | Path) -> dict:
+    """Counts of one written recording: id, modality, units, regions, spikes, mean rate (Hz)."""
+    data = Data.load(path, lazy=False)
+    duration = float(data.domain.end[-1] - data.domain.start[0])
+    n_units = len(data.units.id)
+    rates = np.asarray(data.true_rates.rates, dtype=np.float64)
+    out = {
+        "recording_id": str(data.session.id),
+        "modality": "spikes" if "spikes" in data else "mua",
+        "duration": duration,
+        "units": n_units,
+        "regions": sorted(set(data.units.brain_region.astype(str).tolist())),
+        "true_mean_rate_hz": float(rates.mean()),
+    }
+    if "spikes" in data:
+        n_spikes = len(data.spikes.timestamps)
+        out["spikes"] = n_spikes
+        out["mean_rate_hz"] = n_spikes / (n_units * duration)
+    else:
+        out["samples"] = int(data.mua.values.shape[0])
+    return out

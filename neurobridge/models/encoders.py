@@ -1,0 +1,195 @@
+"""NeuroBridge encoders: torch_brain's POYO and CaPOYO with a public ``encode()``.
+
+Both classes subclass the upstream models and leave their ``forward()`` untouched, so the
+same weights give the same outputs as upstream. ``encode()`` runs the input embedding, the
+PerceiverIO cross-attention and the self-attention stack, and returns the latents that the
+upstream decoder (or any NeuroBridge head) reads from.
+
+With ``readout_spec=None`` (POYO) or ``readout_specs=None`` (CaPOYO) the upstream output
+decoder and readout are not built: the encoder is then used through ``encode()`` alone, as in
+masked pretraining, where a :class:`~neurobridge.models.TargetSequenceDecoder` is the head.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch_brain.models import POYO, CaPOYO
+from torch_brain.nn.loss import MSELoss
+from torch_brain.registry import DataType, ModalitySpec
+
+__all__ = ["NeuroBridgePOYO", "NeuroBridgeCaPOYO"]
+
+_UPSTREAM_HEAD_MODULES = ("dec_atn", "dec_ffn", "readout")
+
+
+def _placeholder_spec() -> ModalitySpec:
+    """A one-dimensional spec used only to run the upstream constructor."""
+    return ModalitySpec(
+        id=0,
+        dim=1,
+        type=DataType.CONTINUOUS,
+        timestamp_key="",
+        value_key="",
+        loss_fn=MSELoss(),
+    )
+
+
+def _drop_upstream_head(model: torch.nn.Module, extra: tuple[str, ...] = ()) -> None:
+    for name in _UPSTREAM_HEAD_MODULES + extra:
+        delattr(model, name)
+        setattr(model, name, None)
+
+
+def _process_latents(model: POYO | CaPOYO, latents: Tensor, latent_timestamp_emb: Tensor) -> Tensor:
+    """The self-attention stack shared by POYO and CaPOYO (identical upstream)."""
+    for self_attn, self_ff in model.proc_layers:
+        latents = latents + model.dropout(self_attn(latents, latent_timestamp_emb))
+        latents = latents + model.dropout(self_ff(latents))
+    return latents
+
+
+def _check_vocab(model: POYO | CaPOYO) -> None:
+    if model.unit_emb.is_lazy():
+        raise ValueError(
+            "The unit vocabulary is not initialised: call "
+            "`model.unit_emb.initialize_vocab(unit_ids)` (the data module does this from the "
+            "recordings) or load a checkpoint before encoding."
+        )
+
+
+class NeuroBridgePOYO(POYO):
+    """POYO with a public :meth:`encode`. Accepts every upstream constructor argument.
+
+    Args:
+        readout_spec: as upstream; ``None`` builds an encoder without the upstream output
+            decoder (``forward()`` then raises, ``encode()`` works).
+        **kwargs: the upstream :class:`torch_brain.models.POYO` arguments.
+    """
+
+    def __init__(self, *, readout_spec: ModalitySpec | None = None, **kwargs):
+        has_head = readout_spec is not None
+        super().__init__(readout_spec=readout_spec or _placeholder_spec(), **kwargs)
+        self.has_upstream_head = has_head
+        if not has_head:
+            self.readout_spec = None
+            _drop_upstream_head(self)
+
+    @property
+    def unit_emb_dim(self) -> int:
+        """Width of the unit embedding (``dim`` for POYO)."""
+        return self.unit_emb.embedding_dim
+
+    def forward(self, **kwargs):  # noqa: D102 - upstream behaviour
+        if not self.has_upstream_head:
+            raise RuntimeError(
+                "This NeuroBridgePOYO was built with readout_spec=None and has no upstream "
+                "decoder: use encode(), or build it with a readout_spec for POYO's forward()."
+            )
+        return super().forward(**kwargs)
+
+    def encode(
+        self,
+        *,
+        input_unit_index: Tensor,
+        input_timestamps: Tensor,
+        input_token_type: Tensor,
+        input_mask: Tensor | None = None,
+        latent_index: Tensor,
+        latent_timestamps: Tensor,
+    ) -> Tensor:
+        """Encode a batch of spike tokens into latents.
+
+        Args:
+            input_unit_index: ``[batch, n_in]`` global unit index of each token.
+            input_timestamps: ``[batch, n_in]`` token times in seconds from the window start.
+            input_token_type: ``[batch, n_in]`` 0 spike, 1 unit start, 2 unit end.
+            input_mask: ``[batch, n_in]`` True for real tokens, False for padding.
+            latent_index: ``[batch, n_latent]`` latent token identity.
+            latent_timestamps: ``[batch, n_latent]`` latent token times in seconds.
+
+        Returns:
+            ``[batch, n_latent, dim]`` latents after the self-attention stack.
+        """
+        _check_vocab(self)
+        inputs = self.unit_emb(input_unit_index) + self.token_type_emb(input_token_type)
+        input_timestamp_emb = self.rotary_emb(input_timestamps)
+        latents = self.latent_emb(latent_index)
+        latent_timestamp_emb = self.rotary_emb(latent_timestamps)
+        latents = latents + self.enc_atn(
+            latents, inputs, latent_timestamp_emb, input_timestamp_emb, input_mask
+        )
+        latents = latents + self.enc_ffn(latents)
+        return _process_latents(self, latents, latent_timestamp_emb)
+
+
+class NeuroBridgeCaPOYO(CaPOYO):
+    """CaPOYO (continuous values per token) with a public :meth:`encode`.
+
+    Each input token carries a value (a calcium trace sample upstream; a binned MUA value in
+    NeuroBridge), embedded as ``[value_map(value) ‖ unit_emb(unit)]``.
+
+    Args:
+        readout_specs: as upstream; ``None`` builds an encoder without the upstream output
+            decoder, readout and task embedding.
+        **kwargs: the upstream :class:`torch_brain.models.CaPOYO` arguments.
+    """
+
+    def __init__(self, *, readout_specs: dict[str, ModalitySpec] | None = None, **kwargs):
+        has_head = readout_specs is not None
+        if has_head:
+            super().__init__(readout_specs=readout_specs, **kwargs)
+        else:
+            super().__init__(readout_specs={"_": _placeholder_spec()}, **kwargs)
+            self.readout_specs = None
+            _drop_upstream_head(self, extra=("task_emb",))
+        self.has_upstream_head = has_head
+
+    @property
+    def unit_emb_dim(self) -> int:
+        """Width of the unit embedding (``dim // 2`` for CaPOYO)."""
+        return self.unit_emb.embedding_dim
+
+    def forward(self, **kwargs):  # noqa: D102 - upstream behaviour
+        if not self.has_upstream_head:
+            raise RuntimeError(
+                "This NeuroBridgeCaPOYO was built with readout_specs=None and has no upstream "
+                "decoder: use encode(), or build it with readout_specs for CaPOYO's forward()."
+            )
+        return super().forward(**kwargs)
+
+    def encode(
+        self,
+        *,
+        input_unit_index: Tensor,
+        input_timestamps: Tensor,
+        input_values: Tensor,
+        input_mask: Tensor | None = None,
+        latent_index: Tensor,
+        latent_timestamps: Tensor,
+    ) -> Tensor:
+        """Encode a batch of value tokens into latents.
+
+        Args:
+            input_unit_index: ``[batch, n_in]`` global unit (channel) index of each token.
+            input_timestamps: ``[batch, n_in]`` token times in seconds from the window start.
+            input_values: ``[batch, n_in, 1]`` token values.
+            input_mask: ``[batch, n_in]`` True for real tokens, False for padding.
+            latent_index: ``[batch, n_latent]`` latent token identity.
+            latent_timestamps: ``[batch, n_latent]`` latent token times in seconds.
+
+        Returns:
+            ``[batch, n_latent, dim]`` latents after the self-attention stack.
+        """
+        _check_vocab(self)
+        inputs = torch.cat(
+            (self.input_value_map(input_values), self.unit_emb(input_unit_index)), dim=-1
+        )
+        input_timestamp_emb = self.rotary_emb(input_timestamps)
+        latents = self.latent_emb(latent_index)
+        latent_timestamp_emb = self.rotary_emb(latent_timestamps)
+        latents = latents + self.enc_atn(
+            latents, inputs, latent_timestamp_emb, input_timestamp_emb, input_mask
+        )
+        latents = latents + self.enc_ffn(latents)
+        return _process_latents(self, latents, latent_timestamp_emb)

@@ -1,0 +1,99 @@
+"""Target-sequence decoder: reads the encoder latents at neuron × time-bin grid cells."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from torch import Tensor
+from torch_brain.nn import FeedForward, RotaryCrossAttention, RotaryTimeEmbedding
+
+__all__ = ["TargetSequenceDecoder"]
+
+
+class TargetSequenceDecoder(nn.Module):
+    """Predicts one value per requested grid cell (a log-rate for spikes, a value for MUA).
+
+    Each query is one (unit, time bin) cell: the unit's embedding (projected to ``dim``) plus
+    the session embedding, placed at the bin's centre time through rotary embeddings. Queries
+    cross-attend the latents (``depth`` cross-attention + feed-forward blocks) and a linear
+    head gives the output. Queries do not attend to each other, so cost is linear in the
+    number of decoded cells and any subset of the grid can be decoded.
+
+    The same parameters serve every masking mode; only the set of decoded cells (and the loss
+    mask) changes.
+
+    Args:
+        dim: latent width of the encoder.
+        unit_emb_dim: width of the encoder's unit embedding (``dim`` for POYO, ``dim // 2`` for
+            CaPOYO); projected to ``dim`` when different.
+        depth: number of cross-attention blocks.
+        heads: attention heads per block.
+        dim_head: width of each head.
+        ffn_dropout, atn_dropout: dropout rates.
+        t_min, t_max: rotary period range in seconds (use the encoder's).
+        init_bias: initial value of the output bias (e.g. the log of the mean count per bin).
+    """
+
+    def __init__(
+        self,
+        *,
+        dim: int,
+        unit_emb_dim: int,
+        depth: int = 2,
+        heads: int = 2,
+        dim_head: int = 64,
+        ffn_dropout: float = 0.0,
+        atn_dropout: float = 0.0,
+        t_min: float = 1e-4,
+        t_max: float = 2.0627,
+        init_bias: float = 0.0,
+    ):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"TargetSequenceDecoder depth must be >= 1, got {depth}.")
+        self.unit_proj = nn.Linear(unit_emb_dim, dim) if unit_emb_dim != dim else nn.Identity()
+        self.rotary_emb = RotaryTimeEmbedding(
+            head_dim=dim_head, rotate_dim=dim_head // 2, t_min=t_min, t_max=t_max
+        )
+        self.blocks = nn.ModuleList(
+            nn.ModuleList(
+                [
+                    RotaryCrossAttention(
+                        dim=dim, heads=heads, dim_head=dim_head, dropout=atn_dropout
+                    ),
+                    nn.Sequential(nn.LayerNorm(dim), FeedForward(dim=dim, dropout=ffn_dropout)),
+                ]
+            )
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, 1)
+        nn.init.constant_(self.head.bias, init_bias)
+
+    def forward(
+        self,
+        *,
+        latents: Tensor,
+        latent_timestamps: Tensor,
+        query_unit_emb: Tensor,
+        query_session_emb: Tensor,
+        query_timestamps: Tensor,
+    ) -> Tensor:
+        """Decode the requested cells.
+
+        Args:
+            latents: ``[batch, n_latent, dim]`` encoder output.
+            latent_timestamps: ``[batch, n_latent]`` latent times in seconds.
+            query_unit_emb: ``[batch, n_query, unit_emb_dim]`` embedding of each cell's unit.
+            query_session_emb: ``[batch, n_query, dim]`` embedding of each cell's session.
+            query_timestamps: ``[batch, n_query]`` centre time of each cell's bin.
+
+        Returns:
+            ``[batch, n_query]`` prediction per cell (float32).
+        """
+        queries = self.unit_proj(query_unit_emb) + query_session_emb
+        query_pos = self.rotary_emb(query_timestamps)
+        latent_pos = self.rotary_emb(latent_timestamps)
+        for cross_attn, ffn in self.blocks:
+            queries = queries + cross_attn(queries, latents, query_pos, latent_pos)
+            queries = queries + ffn(queries)
+        return self.head(self.norm(queries)).squeeze(-1).float()

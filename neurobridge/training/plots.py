@@ -1,0 +1,99 @@
+"""Figures saved to the run folder after masked pretraining."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch_brain.data import collate  # noqa: E402
+
+from neurobridge.masking import MASKING_MODES  # noqa: E402
+
+__all__ = ["save_pretraining_plots", "plot_loss_curves", "plot_masked_rates"]
+
+
+def save_pretraining_plots(module, dm, run_dir: Path) -> list[Path]:
+    """Write ``loss_curves.png`` and ``masked_rates.png`` into ``run_dir``; return the paths."""
+    paths = []
+    metrics_csv = Path(run_dir) / "logs" / "metrics.csv"
+    if metrics_csv.exists():
+        paths.append(plot_loss_curves(metrics_csv, Path(run_dir) / "loss_curves.png"))
+    paths.append(plot_masked_rates(module, dm, Path(run_dir) / "masked_rates.png"))
+    return paths
+
+
+def plot_loss_curves(metrics_csv: Path, out: Path, smooth: int = 10) -> Path:
+    """Training loss per masking mode (moving average over ``smooth`` logged points)."""
+    with open(metrics_csv) as f:
+        rows = list(csv.DictReader(f))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for mode in MASKING_MODES:
+        key = f"train/loss/{mode}"
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+        if not pts:
+            continue
+        steps, vals = map(np.asarray, zip(*pts))
+        k = min(smooth, len(vals))
+        ax.plot(steps[k - 1:], np.convolve(vals, np.ones(k) / k, mode="valid"), label=mode)
+    val = [(int(r["step"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
+    if val:
+        ax.plot(*zip(*val), "k--o", label="validation (all modes)", markersize=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("masked loss")
+    ax.set_title("Masked reconstruction loss per mode")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+@torch.no_grad()
+def plot_masked_rates(module, dm, out: Path) -> Path:
+    """Predicted vs true vs observed activity of the masked units of one neuron-mode test window."""
+    index = next(i for i in dm.eval_sampler("test") if i.mode == "neuron")
+    batch = collate([dm.dataset[index]])
+    module.eval()
+    batch = _to_device(batch, module.device)
+    pred = module(batch)[0]
+    q = batch["query_mask"][0]
+    qb, qu = batch["query_bin"][0][q].cpu(), batch["query_unit"][0][q].cpu()
+    units = torch.unique(qu)
+    n_bins = int(batch["grid"].shape[-1])
+    col = {int(u): i for i, u in enumerate(units)}
+    grids = {k: np.full((len(units), n_bins), np.nan) for k in ("pred", "true", "obs")}
+    spiking = module.is_spiking
+    pred_v = pred[q].float().cpu()
+    grids["pred"][[col[int(u)] for u in qu], qb] = (pred_v.exp() if spiking else pred_v).numpy()
+    grids["true"][[col[int(u)] for u in qu], qb] = batch["true_target"][0][q].cpu().numpy()
+    grids["obs"][[col[int(u)] for u in qu], qb] = batch["target"][0][q].cpu().numpy()
+    unit = "expected count / bin" if spiking else "value"
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
+    vmax = np.nanpercentile(np.concatenate([grids["true"].ravel(), grids["pred"].ravel()]), 99)
+    titles = {"pred": "predicted (masked units)", "true": "ground truth", "obs": "observed"}
+    for ax, key in zip(axes, ("pred", "true", "obs")):
+        im = ax.imshow(grids[key], aspect="auto", cmap="magma", vmin=0,
+                       vmax=None if key == "obs" else vmax, interpolation="nearest")
+        ax.set_title(titles[key])
+        ax.set_xlabel(f"time bin ({dm.bin_size * 1000:.0f} ms)")
+        fig.colorbar(im, ax=ax, label=unit if key != "obs" else "count")
+    axes[0].set_ylabel("masked unit")
+    fig.suptitle(f"{index.recording_id}, window at {index.start:.1f} s, neuron masking")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _to_device(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return {k: _to_device(v, device) for k, v in obj.items()}
+    return obj

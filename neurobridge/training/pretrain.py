@@ -1,0 +1,191 @@
+"""LightningModule for multi-task masked pretraining."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from neurobridge.baselines import SmoothingGLMBaseline
+from neurobridge.losses import masked_mse, masked_poisson_nll
+from neurobridge.masking import MASKING_MODES
+from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate
+from neurobridge.models import MaskedModel
+from neurobridge.training.optim import build_optimizer, build_scheduler
+
+__all__ = ["MaskedPretraining"]
+
+
+class MaskedPretraining(L.LightningModule):
+    """Trains a :class:`MaskedModel` to reconstruct masked grid cells.
+
+    Spike counts use the Poisson NLL on log-rates, continuous values the MSE; both only on the
+    masked cells. Validation and test score the fixed evaluation masks per mode: co-smoothing
+    bits/spike (spikes) or R² (values). At test time the smoothing baseline and, when the files
+    store ground truth, the true-rate oracle are scored on the same cells.
+
+    Args:
+        model: the encoder + decoder.
+        optimizer: ``{"name": "adamw" | "sparse_lamb", "lr": float, "weight_decay": float}``.
+        scheduler: ``{"name": "cosine" | "onecycle" | "none", "warmup_frac": float}``.
+        total_steps: optimiser steps of the run (for the schedule).
+        baseline: ``{"sigma_bins": float, "l2": float}`` of the smoothing baseline, or ``None``
+            to skip it.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: MaskedModel,
+        optimizer: dict,
+        scheduler: dict,
+        total_steps: int,
+        baseline: dict | None = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.optimizer_cfg = dict(optimizer)
+        self.scheduler_cfg = dict(scheduler)
+        self.total_steps = total_steps
+        self.baseline_cfg = dict(baseline) if baseline is not None else None
+        self.baseline: SmoothingGLMBaseline | None = None
+        self.is_spiking = model.modality == "spikes"
+        num_units = len(model.encoder.unit_emb.vocab)
+        metric_cls = CoBPS if self.is_spiking else MaskedR2
+        whos = ("model", "baseline", "oracle") if self.is_spiking else ("model", "oracle")
+        self.metric_keys = [f"{who}/{mode}" for who in whos for mode in (*MASKING_MODES, "all")]
+        self.metrics = torch.nn.ModuleDict(
+            {k.replace("/", "__"): metric_cls(num_units=num_units) for k in self.metric_keys}
+        )
+
+    # ------------------------------------------------------------------ core
+    def forward(self, batch: dict) -> Tensor:
+        return self.model(
+            encoder_inputs=batch["encoder_inputs"],
+            query_unit_index=batch["query_unit_index"],
+            query_timestamps=batch["query_timestamps"],
+            query_session_index=batch["query_session_index"],
+        )
+
+    def loss(self, pred: Tensor, batch: dict, weight: Tensor) -> Tensor:
+        if self.is_spiking:
+            return masked_poisson_nll(pred, batch["target"], weight)
+        return masked_mse(pred, batch["target"], weight)
+
+    def _mode_losses(self, pred: Tensor, batch: dict, stage: str) -> Tensor:
+        mask = batch["query_mask"]
+        loss = self.loss(pred, batch, mask)
+        bs = mask.shape[0]
+        self.log(f"{stage}/loss", loss, batch_size=bs, prog_bar=True, sync_dist=stage != "train")
+        for i, mode in enumerate(MASKING_MODES):
+            in_mode = (batch["mode"] == i)[:, None] & mask
+            if in_mode.any():
+                self.log(f"{stage}/loss/{mode}", self.loss(pred, batch, in_mode),
+                         batch_size=int((batch["mode"] == i).sum()), sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        pred = self(batch)
+        loss = self._mode_losses(pred, batch, "train")
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"Non-finite training loss at step {self.global_step}. Lower optimizer.lr or use "
+                "32-bit precision (trainer.precision=32) to find the source."
+            )
+        fallbacks = (batch["mode"] != batch["requested_mode"]).sum().float()
+        self.log("train/inter_region_fallbacks", fallbacks, reduce_fx="sum", on_step=False,
+                 on_epoch=True, batch_size=len(batch["mode"]))
+        return loss
+
+    # ------------------------------------------------------------ evaluation
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self(batch)
+        self._mode_losses(pred, batch, "val")
+        self._update_metrics("model", pred, batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val", whos=("model",))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        pred = self(batch)
+        self._mode_losses(pred, batch, "test")
+        self._update_metrics("model", pred, batch)
+        truth = batch["true_target"]
+        has_truth = torch.isfinite(truth) | ~batch["query_mask"]
+        if bool(has_truth.all()):
+            oracle = log_rate_from_rate(truth) if self.is_spiking else truth
+            self._update_metrics("oracle", oracle, batch)
+        if self.is_spiking and self.baseline_cfg is not None:
+            self._update_metrics("baseline", self._baseline_log_rates(batch), batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test", whos=("model", "baseline", "oracle"))
+
+    def _update_metrics(self, who: str, pred: Tensor, batch: dict) -> None:
+        mask = batch["query_mask"]
+        for i, mode in enumerate(MASKING_MODES):
+            sel = (batch["mode"] == i)[:, None] & mask
+            if not sel.any():
+                continue
+            for key in (f"{who}/{mode}", f"{who}/all"):
+                self.metrics[key.replace("/", "__")].update(
+                    pred[sel].float(), batch["target"][sel].float(), batch["query_unit_index"][sel]
+                )
+
+    def _log_metrics(self, stage: str, whos: tuple[str, ...]) -> None:
+        name = "co_bps" if self.is_spiking else "r2"
+        for key in self.metric_keys:
+            who, mode = key.split("/")
+            metric = self.metrics[key.replace("/", "__")]
+            if who not in whos or not metric.update_called:
+                continue
+            prefix = f"{stage}/{name}" if who == "model" else f"{stage}/{who}/{name}"
+            self.log(prefix if mode == "all" else f"{prefix}/{mode}", metric.compute(),
+                     prog_bar=(who == "model" and mode == "all"))
+            metric.reset()
+
+    def _baseline_log_rates(self, batch: dict) -> Tensor:
+        """Smoothing-baseline log-rates at the batch's query cells (fitted on the train split)."""
+        dm = self.trainer.datamodule
+        if self.baseline is None:
+            self.baseline = SmoothingGLMBaseline(**self.baseline_cfg)
+            self._baseline_fitted: set[str] = set()
+        out = torch.zeros_like(batch["target"])
+        vocab = self.model.encoder.session_emb
+        for b in range(batch["target"].shape[0]):
+            sid = vocab.detokenizer(int(batch["session_index"][b]))
+            rid = dm.recording_of_session[sid]
+            if rid not in self._baseline_fitted:
+                self.baseline.fit_recording(rid, dm.train_counts(rid))
+                self._baseline_fitted.add(rid)
+            n_units = int((batch["grid_unit_index"][b] > 0).sum())
+            grid = batch["grid"][b, :n_units].T.cpu().numpy()
+            mask = batch["grid_mask"][b, :n_units].T.cpu().numpy()
+            log_rate = self.baseline.predict_log_rate(rid, grid, mask)
+            q = batch["query_mask"][b]
+            qb = batch["query_bin"][b][q].cpu().numpy()
+            qu = batch["query_unit"][b][q].cpu().numpy()
+            out[b, q] = torch.as_tensor(log_rate[qb, qu], dtype=out.dtype, device=out.device)
+        return out
+
+    # ------------------------------------------------------------ optimiser
+    def configure_optimizers(self) -> Any:
+        opt = build_optimizer(
+            self.model,
+            name=self.optimizer_cfg["name"],
+            lr=self.optimizer_cfg["lr"],
+            weight_decay=self.optimizer_cfg.get("weight_decay", 0.0),
+        )
+        sched = build_scheduler(
+            opt,
+            name=self.scheduler_cfg["name"],
+            total_steps=self.total_steps,
+            warmup_frac=self.scheduler_cfg.get("warmup_frac", 0.05),
+        )
+        if sched is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+

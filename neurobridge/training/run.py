@@ -1,0 +1,153 @@
+"""Build and run a task from a resolved Hydra config (used by ``examples/train.py``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from neurobridge.data import MaskedTokenizer, NeuralDataModule
+from neurobridge.masking import MaskingController
+from neurobridge.models import MaskedModel, NeuroBridgeCaPOYO
+from neurobridge.training.pretrain import MaskedPretraining
+
+__all__ = ["run", "build_pretraining", "write_json_atomic", "TASKS"]
+
+log = logging.getLogger(__name__)
+
+TASKS = ("pretrain",)
+
+
+def write_json_atomic(path: Path, payload: dict) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def _validate(cfg: DictConfig) -> None:
+    """Reject config errors before any data is touched."""
+    if cfg.task.name not in TASKS:
+        raise ValueError(f"Unknown task {cfg.task.name!r}; valid tasks: {list(TASKS)}.")
+    enc = cfg.model.encoder
+    for key in ("dim", "dim_head", "depth", "num_latents_per_step"):
+        if int(enc[key]) < 1:
+            raise ValueError(f"model.encoder.{key} must be >= 1, got {enc[key]}.")
+    seq, step = float(enc.sequence_length), float(enc.latent_step)
+    if abs(seq / step - round(seq / step)) > 1e-6:
+        raise ValueError(
+            f"model.encoder.sequence_length ({seq}) must be a multiple of latent_step ({step})."
+        )
+    bins = seq / float(cfg.data.bin_size)
+    if abs(bins - round(bins)) > 1e-6:
+        raise ValueError(
+            f"model.encoder.sequence_length ({seq}) must be a multiple of data.bin_size "
+            f"({cfg.data.bin_size})."
+        )
+    wants_values = "CaPOYO" in str(enc._target_)
+    if wants_values != (cfg.data.modality == "values"):
+        raise ValueError(
+            f"model.encoder ({enc._target_}) and data.modality ({cfg.data.modality!r}) disagree: "
+            "POYO reads spikes (data.modality=spikes), CaPOYO reads continuous values "
+            "(data.modality=values, e.g. data=synthetic_mua model=capoyo_small)."
+        )
+
+
+def _mean_target(dm: NeuralDataModule, tokenizer: MaskedTokenizer, n_windows: int = 32) -> float:
+    """Mean grid value over a few training windows (initialises the decoder's output bias)."""
+    sampler = dm.eval_sampler("train", max_windows=n_windows)
+    values = []
+    for index in list(sampler)[:: len(dm.eval_modes)]:
+        window = dm.dataset.get_recording(index.recording_id).slice(index.start, index.end)
+        values.append(tokenizer.grid_targets(window, len(window.units.id))[0].mean())
+    return float(np.mean(values))
+
+
+def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
+    """Data module (set up, tokenizer attached) and LightningModule for ``task=pretrain``."""
+    dm: NeuralDataModule = instantiate(cfg.data, _convert_="all")
+    dm.setup()
+    encoder = instantiate(cfg.model.encoder)
+    encoder.unit_emb.initialize_vocab(dm.unit_ids)
+    encoder.session_emb.initialize_vocab(dm.session_ids)
+    masking = MaskingController(**OmegaConf.to_container(cfg.masking, resolve=True))
+    tokenizer = MaskedTokenizer(
+        modality="values" if isinstance(encoder, NeuroBridgeCaPOYO) else "spikes",
+        unit_vocab=encoder.unit_emb.vocab,
+        session_vocab=encoder.session_emb.vocab,
+        masking=masking,
+        sequence_length=encoder.sequence_length,
+        bin_size=dm.bin_size,
+        latent_step=encoder.latent_step,
+        num_latents_per_step=encoder.num_latents_per_step,
+        region_key=dm.region_key,
+        value_key=dm.value_key,
+    )
+    dm.tokenizer = tokenizer
+    mean = _mean_target(dm, tokenizer)
+    init_bias = math.log(max(mean, 1e-3)) if tokenizer.modality == "spikes" else mean
+    decoder = instantiate(
+        cfg.model.decoder, dim=encoder.dim, unit_emb_dim=encoder.unit_emb_dim, init_bias=init_bias
+    )
+    model = MaskedModel(encoder=encoder, decoder=decoder)
+    task = cfg.task
+    module = MaskedPretraining(
+        model=model,
+        optimizer=OmegaConf.to_container(task.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(task.scheduler, resolve=True),
+        total_steps=int(cfg.trainer.max_steps),
+        baseline=OmegaConf.to_container(task.baseline, resolve=True) if task.baseline else None,
+    )
+    return module, dm
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train, test and write ``run_dir/metrics.json`` and ``run_dir/checkpoints/last.ckpt``."""
+    _validate(cfg)
+    run_dir = Path(run_dir)
+    L.seed_everything(int(cfg.seed), workers=True)
+    module, dm = build_pretraining(cfg)
+
+    ckpt = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints",
+        filename="step{step}",
+        auto_insert_metric_name=False,
+        save_last=True,
+        save_top_k=0,
+        every_n_train_steps=int(cfg.trainer.val_check_interval),
+    )
+    trainer = L.Trainer(
+        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        default_root_dir=run_dir,
+        logger=[
+            CSVLogger(run_dir, name="logs", version=""),
+            TensorBoardLogger(run_dir, name="tensorboard", version=""),
+        ],
+        callbacks=[ckpt, LearningRateMonitor(logging_interval="step"), RichProgressBar()],
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+    )
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume_from)
+    results = trainer.test(module, datamodule=dm)[0]
+    metrics = {k: float(v) for k, v in results.items()}
+    metrics["train/global_step"] = int(trainer.global_step)
+    if trainer.is_global_zero:
+        write_json_atomic(run_dir / "metrics.json", metrics)
+        if cfg.task.get("plots", False):
+            from neurobridge.training.plots import save_pretraining_plots
+
+            save_pretraining_plots(module, dm, run_dir)
+    return metrics

@@ -1,0 +1,149 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch_brain.models import POYO, CaPOYO
+from torch_brain.registry import MODALITY_REGISTRY
+
+from neurobridge.losses import masked_mse, masked_poisson_nll
+from neurobridge.models import (
+    MaskedModel,
+    NeuroBridgeCaPOYO,
+    NeuroBridgePOYO,
+    TargetSequenceDecoder,
+)
+
+KW = dict(sequence_length=1.0, latent_step=0.25, num_latents_per_step=4, dim=32, depth=2,
+          dim_head=16, cross_heads=2, self_heads=2, ffn_dropout=0.0, lin_dropout=0.0)
+UNITS = [f"u{i}" for i in range(6)]
+
+
+def _vocab(model):
+    model.unit_emb.initialize_vocab(UNITS)
+    model.session_emb.initialize_vocab(["s0", "s1"])
+    return model
+
+
+def _spike_inputs(b=3, n=40, gen=None):
+    gen = gen or torch.Generator().manual_seed(0)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    mask[0, 30:] = False
+    return dict(
+        input_unit_index=torch.randint(1, 7, (b, n), generator=gen),
+        input_timestamps=torch.rand(b, n, generator=gen),
+        input_token_type=torch.randint(0, 3, (b, n), generator=gen),
+        input_mask=mask,
+        latent_index=torch.arange(4).repeat(4).expand(b, -1),
+        latent_timestamps=torch.linspace(0.125, 0.875, 4).repeat_interleave(4).expand(b, -1),
+    )
+
+
+def _capture_latents(model, inputs, forward_kwargs):
+    captured = {}
+
+    # the latents after the stack are the key/value input of dec_atn
+    def hook(_m, args, _out):
+        captured["latents"] = args[1]
+
+    h = model.dec_atn.register_forward_hook(hook)
+    out = model(**forward_kwargs)
+    h.remove()
+    return out, captured["latents"]
+
+
+def test_poyo_forward_parity_and_encode_matches_upstream_latents():
+    torch.manual_seed(0)
+    spec = MODALITY_REGISTRY["cursor_velocity_2d"]
+    upstream = _vocab(POYO(readout_spec=spec, **KW)).eval()
+    ours = _vocab(NeuroBridgePOYO(readout_spec=spec, **KW)).eval()
+    ours.load_state_dict(upstream.state_dict())  # upstream weights load as they are
+    inputs = _spike_inputs()
+    out_kwargs = dict(inputs, output_session_index=torch.ones(3, 5, dtype=torch.long),
+                      output_timestamps=torch.rand(3, 5), output_mask=torch.ones(3, 5, dtype=torch.bool))
+    ref, ref_latents = _capture_latents(upstream, inputs, out_kwargs)
+    got = ours(**out_kwargs)
+    assert torch.equal(ref, got)
+    assert torch.allclose(ours.encode(**inputs), ref_latents, atol=1e-6)
+
+
+def test_capoyo_forward_parity_and_encode_matches_upstream_latents():
+    torch.manual_seed(0)
+    specs = {"cursor_velocity_2d": MODALITY_REGISTRY["cursor_velocity_2d"]}
+    upstream = _vocab(CaPOYO(readout_specs=specs, **KW)).eval()
+    ours = _vocab(NeuroBridgeCaPOYO(readout_specs=specs, **KW)).eval()
+    ours.load_state_dict(upstream.state_dict())
+    inputs = _spike_inputs()
+    inputs.pop("input_token_type")
+    inputs["input_values"] = torch.randn(3, 40, 1)
+    out_kwargs = dict(inputs, output_session_index=torch.ones(3, 5, dtype=torch.long),
+                      output_timestamps=torch.rand(3, 5),
+                      output_decoder_index=torch.full((3, 5), specs["cursor_velocity_2d"].id))
+    ref, ref_latents = _capture_latents(upstream, inputs, out_kwargs)
+    got = ours(**out_kwargs)
+    assert ref.keys() == got.keys() and ref
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+    assert torch.allclose(ours.encode(**inputs), ref_latents, atol=1e-6)
+
+
+def test_encoder_without_head_loads_upstream_encoder_weights():
+    spec = MODALITY_REGISTRY["cursor_velocity_2d"]
+    upstream = _vocab(POYO(readout_spec=spec, **KW))
+    enc = _vocab(NeuroBridgePOYO(**KW))
+    missing, unexpected = enc.load_state_dict(upstream.state_dict(), strict=False)
+    assert missing == []
+    assert unexpected and all(k.split(".")[0] in {"dec_atn", "dec_ffn", "readout"} for k in unexpected)
+    assert torch.equal(enc.enc_atn.to_q.weight, upstream.enc_atn.to_q.weight)
+    with pytest.raises(RuntimeError, match="encode"):
+        enc(**_spike_inputs())
+
+
+def test_encode_without_vocab_explains_the_fix():
+    enc = NeuroBridgePOYO(**KW)
+    with pytest.raises(ValueError, match="initialize_vocab"):
+        enc.encode(**_spike_inputs())
+
+
+@pytest.mark.parametrize("encoder_cls", [NeuroBridgePOYO, NeuroBridgeCaPOYO])
+def test_masked_model_shapes_and_masked_queries_are_independent(encoder_cls):
+    torch.manual_seed(0)
+    enc = _vocab(encoder_cls(**KW)).eval()
+    dec = TargetSequenceDecoder(dim=enc.dim, unit_emb_dim=enc.unit_emb_dim, depth=2, heads=2,
+                                dim_head=16).eval()
+    model = MaskedModel(encoder=enc, decoder=dec)
+    inputs = _spike_inputs()
+    if encoder_cls is NeuroBridgeCaPOYO:
+        inputs.pop("input_token_type")
+        inputs["input_values"] = torch.randn(3, 40, 1)
+    q_unit = torch.randint(1, 7, (3, 11))
+    q_t = torch.rand(3, 11)
+    q_s = torch.ones(3, 11, dtype=torch.long)
+    out = model(encoder_inputs=inputs, query_unit_index=q_unit, query_timestamps=q_t,
+                query_session_index=q_s)
+    assert out.shape == (3, 11) and out.dtype == torch.float32
+    # decoding a subset of cells gives the same values for those cells
+    sub = model(encoder_inputs=inputs, query_unit_index=q_unit[:, :4], query_timestamps=q_t[:, :4],
+                query_session_index=q_s[:, :4])
+    assert torch.allclose(sub, out[:, :4], atol=1e-5)
+    assert enc.unit_emb_dim == (KW["dim"] if encoder_cls is NeuroBridgePOYO else KW["dim"] // 2)
+
+
+def test_poisson_loss_matches_torch_on_masked_cells():
+    gen = torch.Generator().manual_seed(0)
+    log_rate = torch.randn(4, 30, generator=gen)
+    counts = torch.poisson(torch.rand(4, 30, generator=gen) * 3, generator=gen)
+    mask = torch.rand(4, 30, generator=gen) > 0.4
+    expected = F.poisson_nll_loss(log_rate[mask], counts[mask], log_input=True, full=False)
+    assert torch.allclose(masked_poisson_nll(log_rate, counts, mask), expected, atol=1e-6)
+    # unmasked cells do not matter
+    other = log_rate.clone()
+    other[~mask] = 50.0
+    assert torch.allclose(masked_poisson_nll(other, counts, mask), expected, atol=1e-6)
+    assert torch.isfinite(masked_poisson_nll(log_rate.half() * 100, counts, mask))
+
+
+def test_mse_loss_on_masked_cells_and_empty_mask():
+    pred, target = torch.zeros(2, 5), torch.arange(10.0).reshape(2, 5)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[1, :2] = True
+    assert masked_mse(pred, target, mask).item() == pytest.approx((25 + 36) / 2)
+    empty = masked_mse(pred.requires_grad_(), target, torch.zeros_like(mask))
+    assert empty.item() == 0.0 and empty.requires_grad
