@@ -48,6 +48,8 @@ class NeuralDataModule(L.LightningDataModule):
         eval_seed: seed of the fixed evaluation masks.
         eval_modes: masking modes each evaluation window is scored under.
         max_val_windows: cap on validation windows (test always uses all windows).
+        train_max_queries: decode at most this many masked cells per training window
+            (``None``: all). Evaluation always decodes every masked cell.
     """
 
     def __init__(
@@ -68,6 +70,7 @@ class NeuralDataModule(L.LightningDataModule):
         eval_seed: int = 1234,
         eval_modes: Sequence[str] = MASKING_MODES,
         max_val_windows: int | None = 64,
+        train_max_queries: int | None = 384,
     ):
         super().__init__()
         if root is None and synthetic is None:
@@ -92,6 +95,7 @@ class NeuralDataModule(L.LightningDataModule):
         self.eval_seed = eval_seed
         self.eval_modes = list(eval_modes)
         self.max_val_windows = max_val_windows
+        self.train_max_queries = train_max_queries
         self.dataset: RecordingDataset | None = None
 
     # ----------------------------------------------------------------- setup
@@ -146,7 +150,10 @@ class NeuralDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = TrainWindowSampler(
-            intervals=self.intervals["train"], window_length=self.sequence_length, seed=self.seed
+            intervals=self.intervals["train"],
+            window_length=self.sequence_length,
+            seed=self.seed,
+            max_queries=self.train_max_queries,
         )
         return self._loader(sampler, self.batch_size)
 

@@ -38,12 +38,21 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         intervals: ``{recording_id: Interval}`` to draw windows from.
         window_length: window length in seconds.
         seed: base seed.
+        max_queries: cap on decoded masked cells per window (see :class:`WindowIndex`).
     """
 
-    def __init__(self, *, intervals: dict[str, Interval], window_length: float, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        intervals: dict[str, Interval],
+        window_length: float,
+        seed: int = 0,
+        max_queries: int | None = None,
+    ):
         self.intervals = intervals
         self.window_length = window_length
         self.seed = seed
+        self.max_queries = max_queries
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -58,7 +67,7 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         windows = list(base)
         seeds = rng.integers(0, 2**62, size=len(windows))
         return [
-            WindowIndex(w.recording_id, w.start, w.end, mask_seed=int(s))
+            WindowIndex(w.recording_id, w.start, w.end, mask_seed=int(s), max_queries=self.max_queries)
             for w, s in zip(windows, seeds)
         ]
 
@@ -77,8 +86,10 @@ class TrainWindowSampler(torch.utils.data.Sampler):
 class EvalWindowSampler(torch.utils.data.Sampler):
     """Fixed, non-overlapping windows, each evaluated under every mode in ``modes``.
 
-    The mask seed of a (recording, window start, mode) is a hash of those values and ``seed``,
-    so every run and every model is scored on the same masked cells.
+    Masks are fixed: the mask seed of a window is a hash of ``seed``, the recording, the mode
+    and the window's pattern number (its ordinal in the recording modulo ``mask_patterns``), so
+    every run and every model is scored on the same masked cells. Reusing a few patterns per
+    recording keeps the smoothing baseline's GLM fits (one per held-out set) few.
 
     Args:
         intervals: ``{recording_id: Interval}`` of the evaluated split.
@@ -86,6 +97,7 @@ class EvalWindowSampler(torch.utils.data.Sampler):
         modes: masking modes to evaluate each window under.
         seed: evaluation mask seed.
         max_windows: evaluate at most this many windows (evenly spread), all by default.
+        mask_patterns: distinct masks per (recording, mode).
     """
 
     def __init__(
@@ -96,6 +108,7 @@ class EvalWindowSampler(torch.utils.data.Sampler):
         modes: Sequence[str],
         seed: int = 0,
         max_windows: int | None = None,
+        mask_patterns: int = 8,
     ):
         windows = list(
             SequentialFixedWindowSampler(sampling_intervals=intervals, window_length=window_length)
@@ -103,17 +116,17 @@ class EvalWindowSampler(torch.utils.data.Sampler):
         if max_windows is not None and len(windows) > max_windows:
             keep = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
             windows = [windows[i] for i in keep]
-        self.indices = [
-            WindowIndex(
-                w.recording_id,
-                w.start,
-                w.end,
-                mask_seed=zlib.crc32(f"{seed}|{w.recording_id}|{w.start:.6f}|{mode}".encode()),
-                mode=mode,
-            )
-            for w in windows
-            for mode in modes
-        ]
+        ordinal: dict[str, int] = {}
+        self.indices = []
+        for w in windows:
+            pattern = ordinal.get(w.recording_id, 0) % mask_patterns
+            ordinal[w.recording_id] = ordinal.get(w.recording_id, 0) + 1
+            for mode in modes:
+                key = f"{seed}|{w.recording_id}|{mode}|{pattern}"
+                self.indices.append(
+                    WindowIndex(w.recording_id, w.start, w.end,
+                                mask_seed=zlib.crc32(key.encode()), mode=mode)
+                )
 
     def __iter__(self) -> Iterator[WindowIndex]:
         rank, world = _rank_world()

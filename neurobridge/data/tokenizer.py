@@ -36,10 +36,13 @@ class WindowIndex(DatasetIndex):
         mask_seed: seed of the window's mask generator (fixed per eval window, drawn per
             training sample).
         mode: force this masking mode; ``None`` draws one from the controller's probabilities.
+        max_queries: decode at most this many masked cells (a uniform random subset, an
+            unbiased estimate of the loss over all masked cells); ``None`` decodes all of them.
     """
 
     mask_seed: int = 0
     mode: str | None = None
+    max_queries: int | None = None
 
 
 class MaskedTokenizer:
@@ -186,6 +189,9 @@ class MaskedTokenizer:
         encoder_inputs["latent_timestamps"] = self.latent_timestamps.astype(np.float32)
 
         q_bin, q_unit = np.nonzero(mask)
+        if index.max_queries is not None and len(q_bin) > index.max_queries:
+            pick = np.sort(rng.choice(len(q_bin), size=index.max_queries, replace=False))
+            q_bin, q_unit = q_bin[pick], q_unit[pick]
         return {
             "encoder_inputs": encoder_inputs,
             "query_unit_index": pad8(unit_index[q_unit]),
