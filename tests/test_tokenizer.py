@@ -103,7 +103,7 @@ def test_max_queries_takes_a_subset_of_masked_cells():
 def test_unknown_unit_names_the_fix():
     tok = _tokenizer()
     tok.unit_vocab.pop("s0/u3")
-    with pytest.raises(KeyError, match="adapt_session"):
+    with pytest.raises(KeyError, match="extend_vocab"):
         tok(_window(), WindowIndex("s0", 0.0, 1.0))
 
 

@@ -118,8 +118,8 @@ class MaskedTokenizer:
         except KeyError as err:
             raise KeyError(
                 f"Unit {err.args[0]!r} of session {data.session.id!r} is not in the model's unit "
-                "vocabulary. Initialise the vocabulary from these recordings, or use "
-                "task=adapt_session to add the units of a new recording."
+                "vocabulary. Initialise the vocabulary from these recordings, or add the new "
+                "units to a trained model with encoder.unit_emb.extend_vocab(unit_ids)."
             ) from None
 
     def grid_targets(self, data: Data, n_units: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,9 @@ class TargetSequenceDecoder(nn.Module):
         ffn_dropout, atn_dropout: dropout rates.
         t_min, t_max: rotary period range in seconds (use the encoder's).
         init_bias: initial value of the output bias (e.g. the log of the mean count per bin).
+        unit_readout: if True, the output is read out per unit, as a GLM does:
+            ``out = <norm(h), w(unit)> + b(unit) + bias`` with ``w, b`` linear in the unit
+            embedding; if False, one linear head shared by all units reads ``norm(h)``.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class TargetSequenceDecoder(nn.Module):
         t_min: float = 1e-4,
         t_max: float = 2.0627,
         init_bias: float = 0.0,
+        unit_readout: bool = True,
     ):
         super().__init__()
         if depth < 1:
@@ -68,6 +72,14 @@ class TargetSequenceDecoder(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, 1)
         nn.init.constant_(self.head.bias, init_bias)
+        self.unit_readout = (
+            nn.Sequential(nn.LayerNorm(unit_emb_dim), nn.Linear(unit_emb_dim, dim + 1))
+            if unit_readout
+            else None
+        )
+        if self.unit_readout is not None:  # start as the shared head; per-unit terms are learned
+            nn.init.zeros_(self.unit_readout[1].weight)
+            nn.init.zeros_(self.unit_readout[1].bias)
 
     def forward(
         self,
@@ -96,4 +108,9 @@ class TargetSequenceDecoder(nn.Module):
         for cross_attn, ffn in self.blocks:
             queries = queries + cross_attn(queries, latents, query_pos, latent_pos)
             queries = queries + ffn(queries)
-        return self.head(self.norm(queries)).squeeze(-1).float()
+        h = self.norm(queries)
+        out = self.head(h).squeeze(-1)
+        if self.unit_readout is not None:
+            w, b = self.unit_readout(query_unit_emb).split([h.shape[-1], 1], dim=-1)
+            out = out + (h * w).sum(-1) + b.squeeze(-1)
+        return out.float()
