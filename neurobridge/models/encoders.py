@@ -41,12 +41,43 @@ def _drop_upstream_head(model: torch.nn.Module, extra: tuple[str, ...] = ()) -> 
         setattr(model, name, None)
 
 
-def _process_latents(model: POYO | CaPOYO, latents: Tensor, latent_timestamp_emb: Tensor) -> Tensor:
-    """The self-attention stack shared by POYO and CaPOYO (identical upstream)."""
-    for self_attn, self_ff in model.proc_layers:
-        latents = latents + model.dropout(self_attn(latents, latent_timestamp_emb))
-        latents = latents + model.dropout(self_ff(latents))
-    return latents
+class _EncoderMixin:
+    """What NeuroBridgePOYO and NeuroBridgeCaPOYO share on top of their upstream class."""
+
+    @property
+    def unit_emb_dim(self) -> int:
+        """Width of the unit embedding (``dim`` for POYO, ``dim // 2`` for CaPOYO)."""
+        return self.unit_emb.embedding_dim
+
+    def forward(self, **kwargs):  # noqa: D102 - upstream behaviour
+        if not self.has_upstream_head:
+            raise RuntimeError(
+                f"This {type(self).__name__} was built without a readout spec and has no "
+                "upstream decoder: use encode(), or pass the readout spec(s) to use the "
+                "upstream forward()."
+            )
+        return super().forward(**kwargs)
+
+    def _encode_tokens(
+        self,
+        inputs: Tensor,
+        input_timestamps: Tensor,
+        input_mask: Optional[Tensor],
+        latent_index: Tensor,
+        latent_timestamps: Tensor,
+    ) -> Tensor:
+        """Cross-attend latents to embedded tokens ``[batch, n_in, dim]``, then self-attend."""
+        input_timestamp_emb = self.rotary_emb(input_timestamps)
+        latents = self.latent_emb(latent_index)
+        latent_timestamp_emb = self.rotary_emb(latent_timestamps)
+        latents = latents + self.enc_atn(
+            latents, inputs, latent_timestamp_emb, input_timestamp_emb, input_mask
+        )
+        latents = latents + self.enc_ffn(latents)
+        for self_attn, self_ff in self.proc_layers:
+            latents = latents + self.dropout(self_attn(latents, latent_timestamp_emb))
+            latents = latents + self.dropout(self_ff(latents))
+        return latents
 
 
 def _check_vocab(model: POYO | CaPOYO) -> None:
@@ -58,7 +89,7 @@ def _check_vocab(model: POYO | CaPOYO) -> None:
         )
 
 
-class NeuroBridgePOYO(POYO):
+class NeuroBridgePOYO(_EncoderMixin, POYO):
     """POYO with a public :meth:`encode`. Accepts every upstream constructor argument.
 
     Args:
@@ -74,19 +105,6 @@ class NeuroBridgePOYO(POYO):
         if not has_head:
             self.readout_spec = None
             _drop_upstream_head(self)
-
-    @property
-    def unit_emb_dim(self) -> int:
-        """Width of the unit embedding (``dim`` for POYO)."""
-        return self.unit_emb.embedding_dim
-
-    def forward(self, **kwargs):  # noqa: D102 - upstream behaviour
-        if not self.has_upstream_head:
-            raise RuntimeError(
-                "This NeuroBridgePOYO was built with readout_spec=None and has no upstream "
-                "decoder: use encode(), or build it with a readout_spec for POYO's forward()."
-            )
-        return super().forward(**kwargs)
 
     def encode(
         self,
@@ -113,17 +131,12 @@ class NeuroBridgePOYO(POYO):
         """
         _check_vocab(self)
         inputs = self.unit_emb(input_unit_index) + self.token_type_emb(input_token_type)
-        input_timestamp_emb = self.rotary_emb(input_timestamps)
-        latents = self.latent_emb(latent_index)
-        latent_timestamp_emb = self.rotary_emb(latent_timestamps)
-        latents = latents + self.enc_atn(
-            latents, inputs, latent_timestamp_emb, input_timestamp_emb, input_mask
+        return self._encode_tokens(
+            inputs, input_timestamps, input_mask, latent_index, latent_timestamps
         )
-        latents = latents + self.enc_ffn(latents)
-        return _process_latents(self, latents, latent_timestamp_emb)
 
 
-class NeuroBridgeCaPOYO(CaPOYO):
+class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
     """CaPOYO (continuous values per token) with a public :meth:`encode`.
 
     Each input token carries a value (a calcium trace sample upstream; a binned MUA value in
@@ -144,19 +157,6 @@ class NeuroBridgeCaPOYO(CaPOYO):
             self.readout_specs = None
             _drop_upstream_head(self, extra=("task_emb",))
         self.has_upstream_head = has_head
-
-    @property
-    def unit_emb_dim(self) -> int:
-        """Width of the unit embedding (``dim // 2`` for CaPOYO)."""
-        return self.unit_emb.embedding_dim
-
-    def forward(self, **kwargs):  # noqa: D102 - upstream behaviour
-        if not self.has_upstream_head:
-            raise RuntimeError(
-                "This NeuroBridgeCaPOYO was built with readout_specs=None and has no upstream "
-                "decoder: use encode(), or build it with readout_specs for CaPOYO's forward()."
-            )
-        return super().forward(**kwargs)
 
     def encode(
         self,
@@ -185,11 +185,6 @@ class NeuroBridgeCaPOYO(CaPOYO):
         inputs = torch.cat(
             (self.input_value_map(input_values), self.unit_emb(input_unit_index)), dim=-1
         )
-        input_timestamp_emb = self.rotary_emb(input_timestamps)
-        latents = self.latent_emb(latent_index)
-        latent_timestamp_emb = self.rotary_emb(latent_timestamps)
-        latents = latents + self.enc_atn(
-            latents, inputs, latent_timestamp_emb, input_timestamp_emb, input_mask
+        return self._encode_tokens(
+            inputs, input_timestamps, input_mask, latent_index, latent_timestamps
         )
-        latents = latents + self.enc_ffn(latents)
-        return _process_latents(self, latents, latent_timestamp_emb)

@@ -57,6 +57,7 @@ def _validate(cfg: DictConfig) -> None:
             f"model.encoder.sequence_length ({seq}) must be a multiple of data.bin_size "
             f"({cfg.data.bin_size})."
         )
+    MaskingController(**OmegaConf.to_container(cfg.masking, resolve=True))  # checks ratios
     wants_values = "CaPOYO" in str(enc._target_)
     if wants_values != (cfg.data.modality == "values"):
         raise ValueError(
@@ -136,7 +137,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             CSVLogger(run_dir, name="logs", version=""),
             TensorBoardLogger(run_dir, name="tensorboard", version=""),
         ],
-        callbacks=[ckpt, LearningRateMonitor(logging_interval="step"), RichProgressBar()],
+        callbacks=[ckpt, LearningRateMonitor(logging_interval="step")]
+        + ([RichProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []),
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )

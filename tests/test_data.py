@@ -1,0 +1,146 @@
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from neurobridge.data import MaskedTokenizer, NeuralDataModule, RecordingDataset
+from neurobridge.masking import MASKING_MODES, MaskingController
+
+
+def _datamodule(root, **kw):
+    dm = NeuralDataModule(root=str(root), batch_size=8, eval_batch_size=8, **kw)
+    dm.setup()
+    vocab_u = {u: i + 1 for i, u in enumerate(dm.unit_ids)}
+    vocab_s = {s: i + 1 for i, s in enumerate(dm.session_ids)}
+    dm.tokenizer = MaskedTokenizer(
+        modality="spikes", unit_vocab=vocab_u, session_vocab=vocab_s,
+        masking=MaskingController(mode_probs={m: 1.0 for m in MASKING_MODES}),
+        sequence_length=1.0, bin_size=0.02, latent_step=0.125, num_latents_per_step=4,
+    )
+    return dm
+
+
+def test_train_batches_mix_modes_with_per_sample_masks(small_recordings):
+    dm = _datamodule(small_recordings)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["grid"].shape[0] == 8 and batch["grid"].shape[-1] == 50
+    masks = batch["grid_mask"]
+    # masks are drawn per sample (two inter-region masks of one region may coincide)
+    assert len({m.numpy().tobytes() for m in masks}) >= 5
+    assert len(set(batch["mode"].tolist())) >= 2
+    # decoded cells never exceed the cap and are all masked cells
+    assert batch["query_mask"].sum(1).max() <= dm.train_max_queries
+    for b in range(8):
+        q = batch["query_mask"][b]
+        assert masks[b][batch["query_unit"][b][q], batch["query_bin"][b][q]].all()
+
+
+def test_training_windows_and_masks_depend_only_on_seed_and_epoch(small_recordings):
+    dm = _datamodule(small_recordings)
+    s1 = list(dm.train_dataloader().sampler)
+    s2 = list(dm.train_dataloader().sampler)
+    assert [(i.recording_id, i.start, i.mask_seed) for i in s1] == [
+        (i.recording_id, i.start, i.mask_seed) for i in s2]
+    sampler = dm.train_dataloader().sampler
+    sampler.set_epoch(1)
+    assert [i.start for i in sampler] != [i.start for i in s1]
+
+
+def test_eval_masks_are_fixed_and_cover_every_mode(small_recordings):
+    dm = _datamodule(small_recordings)
+    a = [dm.dataset[i]["grid_mask"].obj for i in dm.eval_sampler("test")]
+    b = [dm.dataset[i]["grid_mask"].obj for i in dm.eval_sampler("test")]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    modes = [i.mode for i in dm.eval_sampler("test")]
+    assert set(modes) == set(MASKING_MODES)
+    # test windows lie inside the test split
+    for i in dm.eval_sampler("test"):
+        dom = dm.intervals["test"][i.recording_id]
+        assert any(s - 1e-9 <= i.start and i.end <= e + 1e-9 for s, e in zip(dom.start, dom.end))
+
+
+def test_sampler_shards_by_rank_without_loss(small_recordings, monkeypatch):
+    import neurobridge.data.samplers as samplers
+
+    dm = _datamodule(small_recordings)
+    full = [(i.recording_id, i.start, i.mode) for i in dm.eval_sampler("test")]
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(samplers, "_rank_world", lambda r=rank: (r, 2))
+        shards.append([(i.recording_id, i.start, i.mode) for i in dm.eval_sampler("test")])
+    assert sorted(shards[0] + shards[1]) == sorted(full)
+    assert not set(shards[0]) & set(shards[1])
+
+
+def test_train_counts_cover_the_train_split(small_recordings):
+    dm = _datamodule(small_recordings)
+    rid = dm.dataset.recording_ids[0]
+    counts = dm.train_counts(rid)
+    dom = dm.intervals["train"][rid]
+    assert counts.shape == (int(round((dom.end - dom.start).sum() / 0.02)), 18)
+    data = dm.dataset.get_recording(rid)
+    ts = data.spikes.timestamps
+    inside = np.zeros(len(ts), dtype=bool)
+    for s, e in zip(dom.start, dom.end):
+        inside |= (ts >= s) & (ts < e)
+    assert counts.sum() == inside.sum()
+
+
+def test_missing_folder_and_empty_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        RecordingDataset(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="no recording"):
+        RecordingDataset(tmp_path)
+
+
+def test_truncated_file_is_named(small_recordings, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(small_recordings, root)
+    victim = sorted(root.glob("*.h5"))[0]
+    victim.write_bytes(victim.read_bytes()[:1000])
+    with pytest.raises(OSError, match=victim.name):
+        RecordingDataset(root)
+
+
+@pytest.mark.parametrize("field", ["spikes", "units", "test_domain"])
+def test_missing_field_is_named(small_recordings, tmp_path, field):
+    root = tmp_path / "data"
+    shutil.copytree(small_recordings, root)
+    victim = sorted(root.glob("*.h5"))[0]
+    with h5py.File(victim, "a") as f:
+        del f[field]
+    if field == "test_domain":
+        dm = NeuralDataModule(root=str(root))
+        with pytest.raises(ValueError, match=f"{victim.name}.*test_domain"):
+            dm.setup()
+    else:
+        with pytest.raises(ValueError, match=f"{victim.name}.*'{field}"):
+            RecordingDataset(root)
+
+
+def test_out_of_range_unit_index_is_named(small_recordings, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(small_recordings, root)
+    victim = sorted(root.glob("*.h5"))[0]
+    with h5py.File(victim, "a") as f:
+        f["spikes/unit_index"][0] = 999
+    with pytest.raises(ValueError, match="unit_index"):
+        RecordingDataset(root)
+
+
+def test_collated_batch_feeds_the_model(small_recordings):
+    from neurobridge.models import MaskedModel, NeuroBridgePOYO, TargetSequenceDecoder
+
+    dm = _datamodule(small_recordings)
+    enc = NeuroBridgePOYO(sequence_length=1.0, latent_step=0.125, num_latents_per_step=4, dim=16,
+                          depth=1, dim_head=8, cross_heads=1, self_heads=1)
+    enc.unit_emb.initialize_vocab(dm.unit_ids)
+    enc.session_emb.initialize_vocab(dm.session_ids)
+    model = MaskedModel(encoder=enc, decoder=TargetSequenceDecoder(dim=16, unit_emb_dim=16, dim_head=8))
+    batch = next(iter(dm.train_dataloader()))
+    out = model(encoder_inputs=batch["encoder_inputs"], query_unit_index=batch["query_unit_index"],
+                query_timestamps=batch["query_timestamps"],
+                query_session_index=batch["query_session_index"])
+    assert out.shape == batch["target"].shape and torch.isfinite(out).all()
