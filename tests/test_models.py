@@ -147,3 +147,23 @@ def test_mse_loss_on_masked_cells_and_empty_mask():
     assert masked_mse(pred, target, mask).item() == pytest.approx((25 + 36) / 2)
     empty = masked_mse(pred.requires_grad_(), target, torch.zeros_like(mask))
     assert empty.item() == 0.0 and empty.requires_grad
+
+
+def test_mode_prompt_changes_the_output_only_when_enabled():
+    torch.manual_seed(0)
+    enc = _vocab(NeuroBridgePOYO(**KW)).eval()
+    dec = TargetSequenceDecoder(dim=enc.dim, unit_emb_dim=enc.unit_emb_dim, dim_head=16).eval()
+    inputs = _spike_inputs()
+    queries = dict(query_unit_index=torch.ones(3, 4, dtype=torch.long),
+                   query_timestamps=torch.rand(3, 4),
+                   query_session_index=torch.ones(3, 4, dtype=torch.long))
+    plain = MaskedModel(encoder=enc, decoder=dec)
+    a = plain(encoder_inputs=inputs, mode_index=torch.zeros(3, dtype=torch.long), **queries)
+    b = plain(encoder_inputs=inputs, mode_index=torch.ones(3, dtype=torch.long), **queries)
+    assert torch.equal(a, b)
+    prompted = MaskedModel(encoder=enc, decoder=dec, mode_prompt=True).eval()
+    a = prompted(encoder_inputs=inputs, mode_index=torch.zeros(3, dtype=torch.long), **queries)
+    b = prompted(encoder_inputs=inputs, mode_index=torch.ones(3, dtype=torch.long), **queries)
+    assert not torch.allclose(a, b)
+    with pytest.raises(ValueError, match="mode_index"):
+        prompted(encoder_inputs=inputs, **queries)

@@ -65,10 +65,13 @@ class _EncoderMixin:
         input_mask: Optional[Tensor],
         latent_index: Tensor,
         latent_timestamps: Tensor,
+        latent_prompt: Optional[Tensor],
     ) -> Tensor:
         """Cross-attend latents to embedded tokens ``[batch, n_in, dim]``, then self-attend."""
         input_timestamp_emb = self.rotary_emb(input_timestamps)
         latents = self.latent_emb(latent_index)
+        if latent_prompt is not None:
+            latents = latents + latent_prompt[:, None, :]
         latent_timestamp_emb = self.rotary_emb(latent_timestamps)
         latents = latents + self.enc_atn(
             latents, inputs, latent_timestamp_emb, input_timestamp_emb, input_mask
@@ -115,6 +118,7 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
         input_mask: Tensor | None = None,
         latent_index: Tensor,
         latent_timestamps: Tensor,
+        latent_prompt: Optional[Tensor] = None,
     ) -> Tensor:
         """Encode a batch of spike tokens into latents.
 
@@ -125,6 +129,8 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
             input_mask: ``[batch, n_in]`` True for real tokens, False for padding.
             latent_index: ``[batch, n_latent]`` latent token identity.
             latent_timestamps: ``[batch, n_latent]`` latent token times in seconds.
+            latent_prompt: optional ``[batch, dim]`` vector added to every latent token before
+                the cross-attention (e.g. a masking-mode prompt); ``None`` is upstream's path.
 
         Returns:
             ``[batch, n_latent, dim]`` latents after the self-attention stack.
@@ -132,7 +138,7 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
         _check_vocab(self)
         inputs = self.unit_emb(input_unit_index) + self.token_type_emb(input_token_type)
         return self._encode_tokens(
-            inputs, input_timestamps, input_mask, latent_index, latent_timestamps
+            inputs, input_timestamps, input_mask, latent_index, latent_timestamps, latent_prompt
         )
 
 
@@ -167,6 +173,7 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
         input_mask: Tensor | None = None,
         latent_index: Tensor,
         latent_timestamps: Tensor,
+        latent_prompt: Optional[Tensor] = None,
     ) -> Tensor:
         """Encode a batch of value tokens into latents.
 
@@ -177,6 +184,8 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
             input_mask: ``[batch, n_in]`` True for real tokens, False for padding.
             latent_index: ``[batch, n_latent]`` latent token identity.
             latent_timestamps: ``[batch, n_latent]`` latent token times in seconds.
+            latent_prompt: optional ``[batch, dim]`` vector added to every latent token before
+                the cross-attention (e.g. a masking-mode prompt); ``None`` is upstream's path.
 
         Returns:
             ``[batch, n_latent, dim]`` latents after the self-attention stack.
@@ -186,5 +195,5 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
             (self.input_value_map(input_values), self.unit_emb(input_unit_index)), dim=-1
         )
         return self._encode_tokens(
-            inputs, input_timestamps, input_mask, latent_index, latent_timestamps
+            inputs, input_timestamps, input_mask, latent_index, latent_timestamps, latent_prompt
         )

@@ -67,6 +67,7 @@ class MaskedPretraining(L.LightningModule):
             query_unit_index=batch["query_unit_index"],
             query_timestamps=batch["query_timestamps"],
             query_session_index=batch["query_session_index"],
+            mode_index=batch["mode"],
         )
 
     def loss(self, pred: Tensor, batch: dict, weight: Tensor) -> Tensor:

@@ -103,7 +103,7 @@ def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataMod
     decoder = instantiate(
         cfg.model.decoder, dim=encoder.dim, unit_emb_dim=encoder.unit_emb_dim, init_bias=init_bias
     )
-    model = MaskedModel(encoder=encoder, decoder=decoder)
+    model = MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=cfg.model.mode_prompt)
     task = cfg.task
     module = MaskedPretraining(
         model=model,
