@@ -2,12 +2,16 @@ import pytest
 
 from neurobridge.data.synthetic import SyntheticConfig, generate_synthetic_recordings
 
-SMALL = SyntheticConfig(n_sessions=2, units_per_region=6, duration=40.0, seed=3)
+# high firing rates and strong modulation: enough signal per cell for a short training run
+SMALL = SyntheticConfig(
+    n_sessions=2, units_per_region=12, duration=120.0, seed=3, mean_rate_median=20.0,
+    mean_rate_range=(5.0, 40.0), log_rate_std_range=(1.0, 1.4),
+)
 
 
 @pytest.fixture(scope="session")
 def small_recordings(tmp_path_factory):
-    """A tiny synthetic dataset on disk: 2 sessions × 18 units × 40 s, 3 regions."""
+    """A small synthetic dataset on disk: 2 sessions × 36 units × 120 s, 3 regions."""
     root = tmp_path_factory.mktemp("small_recordings")
     generate_synthetic_recordings(root, SMALL)
     return root

@@ -79,7 +79,7 @@ def test_train_counts_cover_the_train_split(small_recordings):
     rid = dm.dataset.recording_ids[0]
     counts = dm.train_counts(rid)
     dom = dm.intervals["train"][rid]
-    assert counts.shape == (int(round((dom.end - dom.start).sum() / 0.02)), 18)
+    assert counts.shape == (int(round((dom.end - dom.start).sum() / 0.02)), 36)
     data = dm.dataset.get_recording(rid)
     ts = data.spikes.timestamps
     inside = np.zeros(len(ts), dtype=bool)

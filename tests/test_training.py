@@ -24,7 +24,7 @@ def test_pretraining_learns_and_writes_the_contract_outputs(small_recordings, tm
     base = ["data=recordings", f"data.root={small_recordings}", *FAST]
     untrained = run(_cfg(base + ["trainer.max_steps=1", "trainer.val_check_interval=1",
                                  "task.baseline=null"]), tmp_path / "untrained")
-    cfg = _cfg(base + ["trainer.max_steps=300", "trainer.val_check_interval=150", "task.plots=true"])
+    cfg = _cfg(base + ["trainer.max_steps=600", "trainer.val_check_interval=300", "task.plots=true"])
     metrics = run(cfg, tmp_path / "run")
 
     on_disk = json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -115,6 +115,24 @@ def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataMod
     return module, dm
 
 
+def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+    """CSV and TensorBoard always; Weights & Biases when ``wandb_project`` is set."""
+    loggers = [
+        CSVLogger(run_dir, name="logs", version=""),
+        TensorBoardLogger(run_dir, name="tensorboard", version=""),
+    ]
+    if cfg.get("wandb_project"):
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+
+            loggers.append(WandbLogger(project=cfg.wandb_project, save_dir=run_dir))
+        except ModuleNotFoundError as err:
+            raise ModuleNotFoundError(
+                "wandb_project is set but wandb is not installed: pip install -e '.[wandb]'."
+            ) from err
+    return loggers
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train, test and write ``run_dir/metrics.json`` and ``run_dir/checkpoints/last.ckpt``."""
     _validate(cfg)
@@ -133,10 +151,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=run_dir,
-        logger=[
-            CSVLogger(run_dir, name="logs", version=""),
-            TensorBoardLogger(run_dir, name="tensorboard", version=""),
-        ],
+        logger=_loggers(cfg, run_dir),
         callbacks=[ckpt, LearningRateMonitor(logging_interval="step")]
         + ([RichProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []),
         use_distributed_sampler=False,
