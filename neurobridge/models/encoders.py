@@ -62,10 +62,10 @@ class _EncoderMixin:
         self,
         inputs: Tensor,
         input_timestamps: Tensor,
-        input_mask: Optional[Tensor],
+        input_mask: Tensor | None,
         latent_index: Tensor,
         latent_timestamps: Tensor,
-        latent_prompt: Optional[Tensor],
+        latent_prompt: Tensor | None,
     ) -> Tensor:
         """Cross-attend latents to embedded tokens ``[batch, n_in, dim]``, then self-attend."""
         input_timestamp_emb = self.rotary_emb(input_timestamps)
@@ -118,7 +118,7 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
         input_mask: Tensor | None = None,
         latent_index: Tensor,
         latent_timestamps: Tensor,
-        latent_prompt: Optional[Tensor] = None,
+        latent_prompt: Tensor | None = None,
     ) -> Tensor:
         """Encode a batch of spike tokens into latents.
 
@@ -173,7 +173,7 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
         input_mask: Tensor | None = None,
         latent_index: Tensor,
         latent_timestamps: Tensor,
-        latent_prompt: Optional[Tensor] = None,
+        latent_prompt: Tensor | None = None,
     ) -> Tensor:
         """Encode a batch of value tokens into latents.
 

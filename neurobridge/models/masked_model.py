@@ -7,7 +7,6 @@ from torch import Tensor
 from torch_brain.nn import Embedding
 
 from neurobridge.masking import MASKING_MODES
-
 from neurobridge.models.encoders import NeuroBridgeCaPOYO, NeuroBridgePOYO
 from neurobridge.models.target_decoder import TargetSequenceDecoder
 
