@@ -68,3 +68,53 @@ def test_config_errors_are_rejected_before_any_data_is_read(tmp_path, overrides,
 def test_unknown_config_group_option_lists_choices():
     with pytest.raises(ConfigCompositionException, match="poyo_small"):
         _cfg(["model=poyo_huge"])
+
+
+def test_checkpoint_rebuilds_the_model_without_data_and_resumes(small_recordings, tmp_path):
+    import torch
+
+    from neurobridge.data import NeuralDataModule
+    from neurobridge.training import build_pretraining, load_masked_model
+
+    base = ["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null",
+            "trainer.val_check_interval=4"]
+    run(_cfg(base + ["trainer.max_steps=4"]), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    loaded = load_masked_model(ckpt)  # weights_only=True, no data folder, no Hydra
+
+    module, dm = build_pretraining(_cfg(base + ["trainer.max_steps=4"]))
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    module.eval()
+    assert isinstance(dm, NeuralDataModule)
+    batch = next(iter(dm.val_dataloader()))
+    expected = module(batch)
+    got = loaded(encoder_inputs=batch["encoder_inputs"], query_unit_index=batch["query_unit_index"],
+                 query_timestamps=batch["query_timestamps"],
+                 query_session_index=batch["query_session_index"])
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert loaded.encoder.unit_emb.vocab == module.model.encoder.unit_emb.vocab
+
+    # resuming continues the same run from its step
+    resumed = run(_cfg(base + ["trainer.max_steps=6", f"resume_from={ckpt}"]), tmp_path / "run")
+    assert resumed["train/global_step"] == 6
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    import torch
+
+    from neurobridge.training import load_masked_model
+
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(RuntimeError, match="bad.ckpt"):
+        load_masked_model(bad)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    with pytest.raises(ValueError, match="not written by a NeuroBridge"):
+        load_masked_model(foreign)
+    hostile = tmp_path / "hostile.ckpt"
+    torch.save({"state_dict": {}, "neurobridge": {"model": {"encoder": {"_target_": "os.system"},
+                                                            "decoder": {}}}}, hostile)
+    with pytest.raises(ValueError, match="can name only"):
+        load_masked_model(hostile)

@@ -13,6 +13,7 @@ from neurobridge.losses import masked_mse, masked_poisson_nll
 from neurobridge.masking import MASKING_MODES
 from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate
 from neurobridge.models import MaskedModel
+from neurobridge.training.checkpoint import CHECKPOINT_KEY, checkpoint_payload
 from neurobridge.training.optim import build_optimizer, build_scheduler
 
 __all__ = ["MaskedPretraining"]
@@ -33,6 +34,8 @@ class MaskedPretraining(L.LightningModule):
         total_steps: optimiser steps of the run (for the schedule).
         baseline: ``{"sigma_bins": float, "l2": float}`` of the smoothing baseline, or ``None``
             to skip it.
+        model_config: the resolved ``model`` config, stored in every checkpoint so that
+            :func:`neurobridge.training.load_masked_model` can rebuild the model without data.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class MaskedPretraining(L.LightningModule):
         scheduler: dict,
         total_steps: int,
         baseline: dict | None = None,
+        model_config: dict | None = None,
     ):
         super().__init__()
         self.model = model
@@ -50,6 +54,7 @@ class MaskedPretraining(L.LightningModule):
         self.scheduler_cfg = dict(scheduler)
         self.total_steps = total_steps
         self.baseline_cfg = dict(baseline) if baseline is not None else None
+        self.model_config = model_config
         self.baseline: SmoothingGLMBaseline | None = None
         self.is_spiking = model.modality == "spikes"
         num_units = len(model.encoder.unit_emb.vocab)
@@ -170,6 +175,10 @@ class MaskedPretraining(L.LightningModule):
             qu = batch["query_unit"][b][q].cpu().numpy()
             out[b, q] = torch.as_tensor(log_rate[qb, qu], dtype=out.dtype, device=out.device)
         return out
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.model_config is not None:
+            checkpoint[CHECKPOINT_KEY] = checkpoint_payload(self.model_config)
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:

@@ -111,6 +111,7 @@ def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataMod
         scheduler=OmegaConf.to_container(task.scheduler, resolve=True),
         total_steps=int(cfg.trainer.max_steps),
         baseline=OmegaConf.to_container(task.baseline, resolve=True) if task.baseline else None,
+        model_config=OmegaConf.to_container(cfg.model, resolve=True),
     )
     return module, dm
 
