@@ -118,3 +118,24 @@ def test_bad_checkpoints_are_named(tmp_path):
                                                             "decoder": {}}}}, hostile)
     with pytest.raises(ValueError, match="can name only"):
         load_masked_model(hostile)
+
+
+def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch):
+    import torch
+
+    from neurobridge.training.checkpoint import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    target = tmp_path / "ckpts" / "last.ckpt"
+    io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
+
+    def dies_mid_write(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"step": 2, "w": torch.zeros(3)}, target)
+    monkeypatch.undo()
+    assert torch.load(target, weights_only=True)["step"] == 1
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temp file left

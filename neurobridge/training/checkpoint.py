@@ -7,9 +7,13 @@ nor Hydra. Files are read with ``torch.load(..., weights_only=True)``: no pickle
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from neurobridge.models import (
     MaskedModel,
@@ -18,7 +22,7 @@ from neurobridge.models import (
     TargetSequenceDecoder,
 )
 
-__all__ = ["CHECKPOINT_KEY", "checkpoint_payload", "load_masked_model"]
+__all__ = ["CHECKPOINT_KEY", "AtomicCheckpointIO", "checkpoint_payload", "load_masked_model"]
 
 CHECKPOINT_KEY = "neurobridge"
 
@@ -28,6 +32,26 @@ _ENCODERS = {
     "neurobridge.models.NeuroBridgeCaPOYO": NeuroBridgeCaPOYO,
 }
 _DECODERS = {"neurobridge.models.TargetSequenceDecoder": TargetSequenceDecoder}
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file in the target folder, fsyncs it, then renames
+    it over the target: a run killed mid-write leaves the previous checkpoint intact."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
 
 def checkpoint_payload(model_config: dict) -> dict:

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from neurobridge.data import MaskedTokenizer, NeuralDataModule
 from neurobridge.masking import MaskingController
 from neurobridge.models import MaskedModel, NeuroBridgeCaPOYO
+from neurobridge.training.checkpoint import AtomicCheckpointIO
 from neurobridge.training.pretrain import MaskedPretraining
 
 __all__ = ["run", "build_pretraining", "write_json_atomic", "TASKS"]
@@ -155,6 +156,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         logger=_loggers(cfg, run_dir),
         callbacks=[ckpt, LearningRateMonitor(logging_interval="step")]
         + ([RichProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []),
+        plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )
