@@ -130,7 +130,7 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     io.save_checkpoint({"step": 1, "w": torch.ones(3)}, target)
 
     def dies_mid_write(obj, f):
-        f.write(b"partial")
+        Path(f).write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(torch, "save", dies_mid_write)

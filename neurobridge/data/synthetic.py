@@ -48,6 +48,8 @@ import numpy as np
 from scipy.signal import lfilter
 from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries, RegularTimeSeries
 
+from neurobridge.io import atomic_path, write_json_atomic
+
 __all__ = [
     "SAMPLING_RATE",
     "SyntheticConfig",
@@ -482,9 +484,7 @@ def _write_manifest(root: Path, config: SyntheticConfig) -> None:
         "config": dataclasses.asdict(config),
         "recording_ids": recording_ids(config),
     }
-    tmp = root / f"{_MANIFEST}.tmp"
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, root / _MANIFEST)
+    write_json_atomic(root / _MANIFEST, payload)
 
 
 def generate_synthetic_recordings(
@@ -495,7 +495,7 @@ def generate_synthetic_recordings(
 ) -> list[Path]:
     """Write ``config.n_sessions`` recordings into ``root``; return their paths.
 
-    Each file is written to ``<name>.h5.tmp`` and then renamed to ``<name>.h5``. A
+    Each file is written to a temporary file and then renamed to ``<name>.h5``. A
     ``synthetic_config.json`` manifest describing the config is written last.
 
     Parameters
@@ -523,12 +523,8 @@ def generate_synthetic_recordings(
         )
     for k, path in enumerate(paths):
         data = build_recording(config, k)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
+        with atomic_path(path) as tmp:
             data.save(tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
     _write_manifest(root, config)
     return paths
 

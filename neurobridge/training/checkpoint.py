@@ -7,14 +7,13 @@ nor Hydra. Files are read with ``torch.load(..., weights_only=True)``: no pickle
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from neurobridge.io import atomic_path
 from neurobridge.models import (
     MaskedModel,
     NeuroBridgeCaPOYO,
@@ -39,19 +38,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     it over the target: a run killed mid-write leaves the previous checkpoint intact."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
 
 
 def checkpoint_payload(model_config: dict) -> dict:

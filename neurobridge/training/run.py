@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +15,17 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from neurobridge.data import MaskedTokenizer, NeuralDataModule
+from neurobridge.io import write_json_atomic
 from neurobridge.masking import MaskingController
 from neurobridge.models import MaskedModel, NeuroBridgeCaPOYO
 from neurobridge.training.checkpoint import AtomicCheckpointIO
 from neurobridge.training.pretrain import MaskedPretraining
 
-__all__ = ["run", "build_pretraining", "write_json_atomic", "TASKS"]
+__all__ = ["run", "build_pretraining", "TASKS"]
 
 log = logging.getLogger(__name__)
 
 TASKS = ("pretrain",)
-
-
-def write_json_atomic(path: Path, payload: dict) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
 
 
 def _validate(cfg: DictConfig) -> None:
