@@ -8,7 +8,6 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from torch_brain.data import collate
 
@@ -145,7 +144,6 @@ class NeuralDataModule(L.LightningDataModule):
             collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            worker_init_fn=_reseed_worker if self.num_workers else None,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -190,8 +188,3 @@ class NeuralDataModule(L.LightningDataModule):
         ]
         return np.concatenate(blocks, axis=0)
 
-
-def _reseed_worker(worker_id: int) -> None:
-    # masks are seeded per window, so workers only need distinct numpy/torch global state
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)

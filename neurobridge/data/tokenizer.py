@@ -87,6 +87,7 @@ class MaskedTokenizer:
         self.n_bins = num_bins(self.sequence_length, self.bin_size)
         self.region_key = region_key
         self.value_key = value_key
+        self.value_series, _, self.value_field = value_key.partition(".")
         self.latent_index, self.latent_timestamps = create_linspace_latent_tokens(
             0.0, self.sequence_length, step=latent_step, num_latents_per_step=num_latents_per_step
         )
@@ -134,10 +135,9 @@ class MaskedTokenizer:
                 bin_size=self.bin_size,
             )
         else:
-            series_name, field = self.value_key.split(".", 1)
-            series = getattr(data, series_name)
+            series = getattr(data, self.value_series)
             grid = bin_regular(
-                getattr(series, field),
+                getattr(series, self.value_field),
                 sampling_rate=series.sampling_rate,
                 bin_size=self.bin_size,
                 n_bins=self.n_bins,
@@ -160,8 +160,7 @@ class MaskedTokenizer:
             )
             return rates * self.bin_size
         if self.modality == "values":
-            series_name, _ = self.value_key.split(".", 1)
-            series = getattr(data, series_name)
+            series = getattr(data, self.value_series)
             if "clean" in series.keys():
                 return bin_regular(
                     series.clean, sampling_rate=series.sampling_rate, bin_size=self.bin_size,

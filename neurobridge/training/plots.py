@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 from torch_brain.data import collate  # noqa: E402
 
 from neurobridge.masking import MASKING_MODES  # noqa: E402
@@ -60,7 +61,7 @@ def plot_masked_rates(module, dm, out: Path) -> Path:
     index = next(i for i in dm.eval_sampler("test") if i.mode == "neuron")
     batch = collate([dm.dataset[index]])
     module.eval()
-    batch = _to_device(batch, module.device)
+    batch = move_data_to_device(batch, module.device)
     pred = module(batch)[0]
     q = batch["query_mask"][0]
     qb, qu = batch["query_bin"][0][q].cpu(), batch["query_unit"][0][q].cpu()
@@ -90,10 +91,3 @@ def plot_masked_rates(module, dm, out: Path) -> Path:
     plt.close(fig)
     return out
 
-
-def _to_device(obj, device):
-    if isinstance(obj, torch.Tensor):
-        return obj.to(device)
-    if isinstance(obj, dict):
-        return {k: _to_device(v, device) for k, v in obj.items()}
-    return obj

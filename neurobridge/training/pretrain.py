@@ -56,6 +56,7 @@ class MaskedPretraining(L.LightningModule):
         self.baseline_cfg = dict(baseline) if baseline is not None else None
         self.model_config = model_config
         self.baseline: SmoothingGLMBaseline | None = None
+        self._baseline_fitted: set[str] = set()  # recordings the baseline was fitted on
         self.is_spiking = model.modality == "spikes"
         num_units = len(model.encoder.unit_emb.vocab)
         metric_cls = CoBPS if self.is_spiking else MaskedR2
@@ -157,7 +158,6 @@ class MaskedPretraining(L.LightningModule):
         dm = self.trainer.datamodule
         if self.baseline is None:
             self.baseline = SmoothingGLMBaseline(**self.baseline_cfg)
-            self._baseline_fitted: set[str] = set()
         out = torch.zeros_like(batch["target"])
         vocab = self.model.encoder.session_emb
         for b in range(batch["target"].shape[0]):
