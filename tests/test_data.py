@@ -68,7 +68,7 @@ def test_sampler_shards_by_rank_without_loss(small_recordings, monkeypatch):
     full = [(i.recording_id, i.start, i.mode) for i in dm.eval_sampler("test")]
     shards = []
     for rank in range(2):
-        monkeypatch.setattr(samplers, "_rank_world", lambda r=rank: (r, 2))
+        monkeypatch.setattr(samplers, "rank_world", lambda r=rank: (r, 2))
         shards.append([(i.recording_id, i.start, i.mode) for i in dm.eval_sampler("test")])
     assert sorted(shards[0] + shards[1]) == sorted(full)
     assert not set(shards[0]) & set(shards[1])

@@ -52,7 +52,7 @@ def test_continuous_values_path_trains_with_mse(tmp_path):
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["task.name=finetune"], "Unknown task 'finetune'"),
+        (["task.name=dance"], "Unknown task 'dance'"),
         (["model=capoyo_small"], "disagree"),
         (["data.bin_size=0.03"], "multiple of data.bin_size"),
         (["model.encoder.latent_step=0.3"], "multiple of latent_step"),

@@ -1,9 +1,11 @@
 """Recordings, windows, tokenization and the Lightning data module."""
 
 from .binning import bin_regular, bin_spikes, num_bins
-from .datamodule import NeuralDataModule, default_cache_dir
+from .datamodule import NeuralDataModule, StimulusDataModule, default_cache_dir
 from .dataset import RecordingDataset
+from .images import HDF5ImageStore, ImageFolderSource, ImageSource, open_image_source
 from .samplers import EvalWindowSampler, TrainWindowSampler
+from .stimuli import StimulusTokenizer, StimulusWindowIndex, StimulusWindowSampler
 from .tokenizer import MaskedTokenizer, WindowIndex
 
 __all__ = [
@@ -11,8 +13,16 @@ __all__ = [
     "bin_regular",
     "num_bins",
     "NeuralDataModule",
+    "StimulusDataModule",
+    "StimulusTokenizer",
+    "StimulusWindowIndex",
+    "StimulusWindowSampler",
     "default_cache_dir",
     "RecordingDataset",
+    "ImageSource",
+    "ImageFolderSource",
+    "HDF5ImageStore",
+    "open_image_source",
     "EvalWindowSampler",
     "TrainWindowSampler",
     "MaskedTokenizer",

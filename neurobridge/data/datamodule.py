@@ -14,9 +14,15 @@ from torch_brain.data import collate
 from neurobridge.data.binning import bin_spikes
 from neurobridge.data.dataset import RecordingDataset
 from neurobridge.data.samplers import EvalWindowSampler, TrainWindowSampler
+from neurobridge.data.stimuli import (
+    STIMULUS_KEY,
+    StimulusWindowSampler,
+    read_presentations,
+    stimulus_windows,
+)
 from neurobridge.masking import MASKING_MODES
 
-__all__ = ["NeuralDataModule", "default_cache_dir"]
+__all__ = ["NeuralDataModule", "StimulusDataModule", "default_cache_dir"]
 
 
 def default_cache_dir() -> Path:
@@ -188,3 +194,81 @@ class NeuralDataModule(L.LightningDataModule):
         ]
         return np.concatenate(blocks, axis=0)
 
+
+
+class StimulusDataModule(NeuralDataModule):
+    """Stimulus-locked windows (one per image presentation) for alignment and reconstruction.
+
+    Takes every argument of :class:`NeuralDataModule` plus the ones below. After :meth:`setup`,
+    :attr:`image_ids` lists every image used by a window (the rows of the image table) and
+    :attr:`split_image_ids` the disjoint per-split sets; set :attr:`tokenizer` to a
+    :class:`~neurobridge.data.stimuli.StimulusTokenizer` before asking for a dataloader.
+
+    Args:
+        stimulus_key: Interval of the presentations in each recording (``start``, ``end``,
+            ``image_id``).
+        pre_onset, post_onset: seconds of the window before and after onset; they must add up
+            to ``sequence_length`` (the encoder's window).
+        images: image folder or HDF5 image store; by default ``<root>/images`` (where the
+            synthetic generator writes them).
+    """
+
+    def __init__(
+        self,
+        *,
+        stimulus_key: str = STIMULUS_KEY,
+        pre_onset: float = 0.2,
+        post_onset: float = 0.8,
+        images: str | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if pre_onset < 0 or post_onset <= 0:
+            raise ValueError(
+                f"data.pre_onset must be >= 0 and data.post_onset > 0, got {pre_onset}, {post_onset}."
+            )
+        if abs(pre_onset + post_onset - self.sequence_length) > 1e-6:
+            raise ValueError(
+                f"data.pre_onset + data.post_onset ({pre_onset} + {post_onset}) must equal the "
+                f"encoder's sequence_length ({self.sequence_length})."
+            )
+        self.stimulus_key = stimulus_key
+        self.pre_onset = float(pre_onset)
+        self.post_onset = float(post_onset)
+        self.images = images
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.dataset is not None:
+            return
+        super().setup(stage)
+        root = Path(self.dataset.root)
+        presentations = {
+            rid: read_presentations(
+                self.dataset.get_recording(rid), root / f"{rid}.h5", self.stimulus_key
+            )
+            for rid in self.dataset.recording_ids
+        }
+        self.stimulus = stimulus_windows(
+            presentations, self.intervals, pre=self.pre_onset, post=self.post_onset
+        )
+        self.split_image_ids = self.stimulus.image_ids
+        self.image_ids = [i for split in ("train", "valid", "test") for i in self.split_image_ids[split]]
+        if self.images is None:
+            self.images = str(root / "images")
+
+    def stimulus_sampler(self, split: str) -> StimulusWindowSampler:
+        return StimulusWindowSampler(
+            self.stimulus.windows[split],
+            shuffle=split == "train",
+            seed=self.seed,
+            max_queries=self.train_max_queries,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.stimulus_sampler("train"), self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.stimulus_sampler("valid"), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.stimulus_sampler("test"), self.eval_batch_size)

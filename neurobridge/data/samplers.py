@@ -18,10 +18,11 @@ from torch_brain.data.sampler import RandomFixedWindowSampler, SequentialFixedWi
 
 from neurobridge.data.tokenizer import WindowIndex
 
-__all__ = ["TrainWindowSampler", "EvalWindowSampler"]
+__all__ = ["TrainWindowSampler", "EvalWindowSampler", "rank_world"]
 
 
-def _rank_world() -> tuple[int, int]:
+def rank_world() -> tuple[int, int]:
+    """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
@@ -72,11 +73,11 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         ]
 
     def __iter__(self) -> Iterator[WindowIndex]:
-        rank, world = _rank_world()
+        rank, world = rank_world()
         yield from self._all_indices()[rank::world]
 
     def __len__(self) -> int:
-        rank, world = _rank_world()
+        rank, world = rank_world()
         n = len(RandomFixedWindowSampler(
             sampling_intervals=self.intervals, window_length=self.window_length
         ))
@@ -129,9 +130,9 @@ class EvalWindowSampler(torch.utils.data.Sampler):
                 )
 
     def __iter__(self) -> Iterator[WindowIndex]:
-        rank, world = _rank_world()
+        rank, world = rank_world()
         yield from self.indices[rank::world]
 
     def __len__(self) -> int:
-        rank, world = _rank_world()
+        rank, world = rank_world()
         return len(range(rank, len(self.indices), world))

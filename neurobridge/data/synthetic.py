@@ -41,6 +41,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ import numpy as np
 from scipy.signal import lfilter
 from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries, RegularTimeSeries
 
+from neurobridge.data import synthetic_visual
 from neurobridge.io import atomic_path, write_json_atomic
 
 __all__ = [
@@ -60,6 +62,11 @@ __all__ = [
     "recording_ids",
     "recording_summary",
     "split_intervals",
+    "synthetic_image_ids",
+    "synthetic_images",
+    "write_synthetic_images",
+    "IMAGE_FOLDER",
+    "STIMULUS_FIELD",
 ]
 
 #: Sampling rate (Hz) of the latent/rate grid, of ``true_rates`` and of ``mua``.
@@ -70,8 +77,15 @@ _GENERATOR_VERSION = 1
 _BURN_IN = 300  # samples simulated and discarded before t = 0
 _INPUT_TAU = 0.05  # s, low-pass time constant of the noise driving the latents
 _GLOBAL_TAU = 1.0  # s, time constant of the shared global latent
+SPLITS = ("train", "valid", "test")
 _SPLIT_PATTERN = ("train",) * 7 + ("valid",) + ("test",) * 2
 _MANIFEST = "synthetic_config.json"
+#: Stimulus kinds of :class:`SyntheticConfig`.
+STIMULI = ("none", "images")
+#: Name of the Interval of stimulus presentations (``start``, ``end``, ``image_id``).
+STIMULUS_FIELD = "stimulus_presentations"
+#: Sub-folder of a generated data folder that holds the images (``<split>/<nnnn>.png``).
+IMAGE_FOLDER = "images"
 
 
 @dataclass(frozen=True)
@@ -121,6 +135,20 @@ class SyntheticConfig:
         Nominal length in seconds (>= 2) of the blocks assigned to train/valid/test.
     recording_prefix : str
         Recording ids are ``f"{recording_prefix}_s{k:02d}"``.
+    stimulus : str
+        ``"none"``, or ``"images"``: every session watches procedural images (see
+        :mod:`neurobridge.data.synthetic_visual`) and the units respond to their content.
+    n_train_images, n_valid_images, n_test_images : int
+        Sizes of the three disjoint image sets (``stimulus="images"``). Presentations in a
+        train / valid / test block show an image of that set, so repeated presentations of an
+        image stay on one side of the split.
+    image_size : int
+        Image height and width in pixels (16..256).
+    stimulus_on, stimulus_off : float
+        Seconds each image is shown, and the blank gap before the next one.
+    stimulus_gain : float
+        Scale of the stimulus term of the log-rate (each unit's drive has unit variance over
+        images).
     """
 
     n_sessions: int = 4
@@ -142,6 +170,14 @@ class SyntheticConfig:
     max_rate: float = 200.0
     split_block_len: float = 10.0
     recording_prefix: str = "synthetic"
+    stimulus: str = "none"
+    n_train_images: int = 600
+    n_valid_images: int = 40
+    n_test_images: int = 100
+    image_size: int = 32
+    stimulus_on: float = 0.3
+    stimulus_off: float = 0.3
+    stimulus_gain: float = 1.5
 
     def __post_init__(self) -> None:
         # accept lists (e.g. from YAML / OmegaConf) for the tuple fields
@@ -236,6 +272,14 @@ def _validate(cfg: SyntheticConfig) -> None:
             "recording_prefix must be a non-empty string without '/', '\\', '.' or spaces, "
             f"got {cfg.recording_prefix!r}."
         )
+    if cfg.stimulus not in STIMULI:
+        raise ValueError(f"stimulus must be one of {set(STIMULI)}, got {cfg.stimulus!r}.")
+    for name in ("n_train_images", "n_valid_images", "n_test_images"):
+        _check_int(cfg, name, 1)
+    _check_int(cfg, "image_size", 16, 256)
+    _check_float(cfg, "stimulus_on", 0.01, 5.0)
+    _check_float(cfg, "stimulus_off", 0.0, 5.0)
+    _check_float(cfg, "stimulus_gain", 0.0, 5.0)
 
 
 # --------------------------------------------------------------------------------------
@@ -316,9 +360,16 @@ def _simulate_latents(
 
 
 def _units_and_rates(
-    config: SyntheticConfig, latents: np.ndarray, rng: np.random.Generator
+    config: SyntheticConfig,
+    latents: np.ndarray,
+    rng: np.random.Generator,
+    stimulus_term: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw units and their rates; returns (region index [N], rates float32 [T, N] Hz)."""
+    """Draw units and their rates; returns (region index [N], rates float32 [T, N] Hz).
+
+    ``stimulus_term(region_index)`` returns a ``[T, N]`` term added to the log-rates before
+    they are scaled to the units' mean rates.
+    """
     d = config.latent_dim_per_region
     j = config.unit_count_jitter
     counts = config.units_per_region + rng.integers(-j, j + 1, size=len(config.regions))
@@ -345,6 +396,8 @@ def _units_and_rates(
     mean_rate = np.clip(mean_rate, r_lo, r_hi)
 
     x = _zscore(latents @ loadings) * depth
+    if stimulus_term is not None:
+        x = x + stimulus_term(region_index)
     log_rate = np.log(mean_rate) - np.log(np.exp(x).mean(axis=0)) + x
     rates = np.minimum(np.exp(log_rate), config.max_rate).astype(np.float32)
     return region_index, rates
@@ -403,6 +456,89 @@ def split_intervals(config: SyntheticConfig, rng: np.random.Generator) -> dict[s
     return out
 
 
+# --------------------------------------------------------------------------------------
+# visual stimuli
+
+
+def synthetic_image_ids(config: SyntheticConfig) -> list[str]:
+    """Image ids ``"<split>/<nnnn>.png"``: train images, then valid, then test."""
+    sizes = (config.n_train_images, config.n_valid_images, config.n_test_images)
+    return [f"{split}/{i:04d}.png" for split, n in zip(SPLITS, sizes) for i in range(n)]
+
+
+def synthetic_images(config: SyntheticConfig) -> np.ndarray:
+    """uint8 ``[n_images, size, size, 3]`` in the order of :func:`synthetic_image_ids`."""
+    rng = np.random.default_rng(np.random.SeedSequence(config.seed, spawn_key=(2**21,)))
+    n = config.n_train_images + config.n_valid_images + config.n_test_images
+    return synthetic_visual.make_images(n, config.image_size, rng)
+
+
+def _presentations(
+    config: SyntheticConfig, splits: dict[str, Interval], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """One image every ``stimulus_on + stimulus_off`` seconds, drawn from its block's image set.
+
+    Each set is shown in a per-session random order, cycling. Returns ``start``, ``end`` [P]
+    (seconds) and ``image_index`` [P] (rows of :func:`synthetic_images`).
+    """
+    period = config.stimulus_on + config.stimulus_off
+    onsets = np.arange(0.5, config.duration - config.stimulus_on - 0.5, period)
+    first = np.cumsum([0, config.n_train_images, config.n_valid_images])
+    sizes = (config.n_train_images, config.n_valid_images, config.n_test_images)
+    orders = {s: f + rng.permutation(n) for s, f, n in zip(SPLITS, first, sizes)}
+    shown = dict.fromkeys(SPLITS, 0)
+    keep, image_index = [], []
+    for i, onset in enumerate(onsets):
+        for split in SPLITS:
+            iv = splits[split]
+            if np.any((iv.start <= onset) & (onset < iv.end)):
+                order = orders[split]
+                image_index.append(order[shown[split] % len(order)])
+                shown[split] += 1
+                keep.append(i)
+                break
+    start = np.round(onsets[keep] * SAMPLING_RATE) / SAMPLING_RATE
+    return {
+        "start": start,
+        "end": start + config.stimulus_on,
+        "image_index": np.asarray(image_index, dtype=np.int64),
+    }
+
+
+def _stimulus_term(
+    config: SyntheticConfig, presentations: dict[str, np.ndarray], rng: np.random.Generator
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The log-rate term of the units' image responses, given their regions."""
+    images = synthetic_images(config)
+
+    def term(region_index: np.ndarray) -> np.ndarray:
+        drives = synthetic_visual.region_drives(images, region_index, len(config.regions), rng)
+        return config.stimulus_gain * synthetic_visual.stimulus_log_rate(
+            n_samples=config.n_samples,
+            sampling_rate=SAMPLING_RATE,
+            onsets=presentations["start"],
+            offsets=presentations["end"],
+            image_index=presentations["image_index"],
+            drives=drives,
+            region_index=region_index,
+        )
+
+    return term
+
+
+def write_synthetic_images(root: str | Path, config: SyntheticConfig) -> Path:
+    """Write the images as PNG files ``<root>/images/<image_id>``; return the image folder."""
+    from PIL import Image
+
+    folder = Path(root) / IMAGE_FOLDER
+    for image_id, pixels in zip(synthetic_image_ids(config), synthetic_images(config)):
+        path = folder / image_id
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+    return folder
+
+
 def build_recording(config: SyntheticConfig, session_index: int) -> Data:
     """Simulate session ``session_index`` of ``config`` in memory.
 
@@ -416,11 +552,16 @@ def build_recording(config: SyntheticConfig, session_index: int) -> Data:
             f"session_index must be in [0, {config.n_sessions - 1}], got {session_index}."
         )
     rid = recording_ids(config)[session_index]
-    streams = np.random.SeedSequence(config.seed, spawn_key=(session_index,)).spawn(4)
-    rng_latent, rng_units, rng_obs, rng_split = (np.random.default_rng(s) for s in streams)
+    streams = np.random.SeedSequence(config.seed, spawn_key=(session_index,)).spawn(5)
+    rng_latent, rng_units, rng_obs, rng_split, rng_stim = (np.random.default_rng(s) for s in streams)
 
     latents = _simulate_latents(config, _region_dynamics(config), rng_latent)
-    region_index, rates = _units_and_rates(config, latents, rng_units)
+    splits = split_intervals(config, rng_split)
+    presentations = stimulus_term = None
+    if config.stimulus == "images":
+        presentations = _presentations(config, splits, rng_stim)
+        stimulus_term = _stimulus_term(config, presentations, rng_stim)
+    region_index, rates = _units_and_rates(config, latents, rng_units, stimulus_term)
     n_units = rates.shape[1]
     duration = config.n_samples / SAMPLING_RATE
     tag = "u" if config.modality == "spikes" else "ch"
@@ -458,8 +599,14 @@ def build_recording(config: SyntheticConfig, session_index: int) -> Data:
             sampling_rate=SAMPLING_RATE,
         )
 
+    if presentations is not None:
+        ids = synthetic_image_ids(config)
+        fields[STIMULUS_FIELD] = Interval(
+            start=presentations["start"],
+            end=presentations["end"],
+            image_id=np.asarray(ids)[presentations["image_index"]],
+        )
     data = Data(domain=Interval(0.0, duration), **fields)
-    splits = split_intervals(config, rng_split)
     data.train_domain = splits["train"]
     data.valid_domain = splits["valid"]
     data.test_domain = splits["test"]
@@ -525,6 +672,8 @@ def generate_synthetic_recordings(
         data = build_recording(config, k)
         with atomic_path(path) as tmp:
             data.save(tmp)
+    if config.stimulus == "images":
+        write_synthetic_images(root, config)
     _write_manifest(root, config)
     return paths
 

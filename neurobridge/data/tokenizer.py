@@ -180,12 +180,7 @@ class MaskedTokenizer:
         gm = self.masking.sample(n_bins=self.n_bins, unit_regions=regions, rng=rng, mode=index.mode)
         mask = gm.mask
 
-        if self.modality == "spikes":
-            encoder_inputs = self._spike_tokens(data, unit_index, mask)
-        else:
-            encoder_inputs = self._value_tokens(grid, unit_index, mask)
-        encoder_inputs["latent_index"] = self.latent_index
-        encoder_inputs["latent_timestamps"] = self.latent_timestamps.astype(np.float32)
+        encoder_inputs = self._tokens(data, unit_index, grid, mask)
 
         q_bin, q_unit = np.nonzero(mask)
         if index.max_queries is not None and len(q_bin) > index.max_queries:
@@ -210,6 +205,24 @@ class MaskedTokenizer:
             "session_index": session_index,
             "window_start": float(data.absolute_start),
         }
+
+    def encoder_tokens(self, data: Data, mask: np.ndarray | None = None) -> dict:
+        """Encoder inputs of a window with the cells of ``mask`` ``[n_bins, n_units]`` removed
+        (nothing removed by default)."""
+        n_units = len(data.units.id)
+        if mask is None:
+            mask = np.zeros((self.n_bins, n_units), dtype=bool)
+        grid = None if self.modality == "spikes" else self.grid_targets(data, n_units)[0]
+        return self._tokens(data, self.global_unit_index(data), grid, mask)
+
+    def _tokens(self, data: Data, unit_index: np.ndarray, grid, mask: np.ndarray) -> dict:
+        if self.modality == "spikes":
+            out = self._spike_tokens(data, unit_index, mask)
+        else:
+            out = self._value_tokens(grid, unit_index, mask)
+        out["latent_index"] = self.latent_index
+        out["latent_timestamps"] = self.latent_timestamps.astype(np.float32)
+        return out
 
     def _spike_tokens(self, data: Data, unit_index: np.ndarray, mask: np.ndarray) -> dict:
         ts = np.asarray(data.spikes.timestamps, dtype=np.float64)

@@ -1,7 +1,17 @@
-"""Lightning modules and the task runner."""
+"""Lightning modules, task builders and the task runner."""
 
-from .checkpoint import load_masked_model
+from .align import AlignmentTraining
+from .builders import build_alignment, build_pretraining
+from .checkpoint import load_alignment_model, load_masked_model
 from .pretrain import MaskedPretraining
-from .run import build_pretraining, run
+from .run import run
 
-__all__ = ["MaskedPretraining", "build_pretraining", "load_masked_model", "run"]
+__all__ = [
+    "AlignmentTraining",
+    "MaskedPretraining",
+    "build_alignment",
+    "build_pretraining",
+    "load_alignment_model",
+    "load_masked_model",
+    "run",
+]

@@ -1,8 +1,9 @@
-"""Rebuild a pretrained :class:`MaskedModel` from a NeuroBridge checkpoint, without the data.
+"""Rebuild trained NeuroBridge models from checkpoints, without the data.
 
-A pretraining checkpoint stores the model config under ``checkpoint["neurobridge"]`` and the
-unit / session vocabularies inside the state dict, so loading needs neither the data folder
-nor Hydra. Files are read with ``torch.load(..., weights_only=True)``: no pickled code runs.
+Every NeuroBridge checkpoint stores its kind (``"masked"`` for pretraining, ``"alignment"``
+for align / finetune) and the model config under ``checkpoint["neurobridge"]``, and the unit /
+session vocabularies inside the state dict, so loading needs neither the data folder nor Hydra.
+Files are read with ``torch.load(..., weights_only=True)``: no pickled code runs.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from neurobridge.alignment import AlignmentModel, LatentReadout, NeuralProjector
 from neurobridge.io import atomic_path
 from neurobridge.models import (
     MaskedModel,
@@ -21,9 +23,19 @@ from neurobridge.models import (
     TargetSequenceDecoder,
 )
 
-__all__ = ["CHECKPOINT_KEY", "AtomicCheckpointIO", "checkpoint_payload", "load_masked_model"]
+__all__ = [
+    "CHECKPOINT_KEY",
+    "CHECKPOINT_KINDS",
+    "AtomicCheckpointIO",
+    "checkpoint_payload",
+    "load_alignment_model",
+    "load_masked_model",
+    "read_checkpoint_kind",
+]
 
 CHECKPOINT_KEY = "neurobridge"
+#: What a checkpoint holds: a pretrained masked model, or that model with a CLIP-space head.
+CHECKPOINT_KINDS = ("masked", "alignment")
 
 # Only these classes can be named by a checkpoint (a file never chooses arbitrary code to run).
 _ENCODERS = {
@@ -42,11 +54,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             torch.save(checkpoint, tmp)
 
 
-def checkpoint_payload(model_config: dict) -> dict:
+def checkpoint_payload(model_config: dict, kind: str = "masked") -> dict:
     """What a training task stores under ``checkpoint["neurobridge"]``."""
     import neurobridge
 
-    return {"version": neurobridge.__version__, "model": model_config}
+    if kind not in CHECKPOINT_KINDS:
+        raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}, got {kind!r}.")
+    return {"version": neurobridge.__version__, "kind": kind, "model": model_config}
 
 
 def _build(registry: dict, cfg: dict, what: str, path: Path, **extra):
@@ -60,11 +74,8 @@ def _build(registry: dict, cfg: dict, what: str, path: Path, **extra):
     return registry[target](**cfg, **extra)
 
 
-def load_masked_model(path: str | Path, map_location: str | torch.device = "cpu") -> MaskedModel:
-    """Load the encoder + target decoder of a pretraining checkpoint (``last.ckpt``).
-
-    Returns the model in eval mode, with the checkpoint's unit and session vocabularies.
-    """
+def _read(path: str | Path, map_location) -> tuple[dict, dict, Path]:
+    """``(checkpoint, its NeuroBridge entry, path)``, with clear errors for unusable files."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
@@ -75,23 +86,76 @@ def load_masked_model(path: str | Path, map_location: str | torch.device = "cpu"
             f"{path} could not be read as a checkpoint ({type(err).__name__}: {err}). It may be "
             "truncated or not a NeuroBridge checkpoint."
         ) from None
-    meta = ckpt.get(CHECKPOINT_KEY)
+    meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if meta is None:
         raise ValueError(
             f"{path} has no '{CHECKPOINT_KEY}' entry: it was not written by a NeuroBridge "
             "training task, so its model config is unknown."
         )
-    cfg = meta["model"]
+    return ckpt, meta, path
+
+
+def read_checkpoint_kind(path: str | Path) -> str:
+    """``"masked"`` or ``"alignment"``: what the checkpoint at ``path`` holds."""
+    return _read(path, "cpu")[1].get("kind", "masked")
+
+
+def _masked_model(cfg: dict, path: Path) -> MaskedModel:
     encoder = _build(_ENCODERS, cfg["encoder"], "encoder", path)
     decoder = _build(
         _DECODERS, cfg["decoder"], "decoder", path, dim=encoder.dim, unit_emb_dim=encoder.unit_emb_dim
     )
-    model = MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=cfg.get("mode_prompt", False))
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items()}
+    return MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=cfg.get("mode_prompt", False))
+
+
+def _load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
         raise RuntimeError(
             f"{path}: the weights do not fit the model its config describes ({err})."
         ) from None
-    return model.eval()
+
+
+def load_masked_model(
+    path: str | Path, map_location: str | torch.device = "cpu", *, with_config: bool = False
+):
+    """Load the encoder + target decoder of a pretraining (or alignment) checkpoint.
+
+    Returns the model in eval mode, with the checkpoint's unit and session vocabularies, and
+    with ``with_config`` also its model config (``encoder``, ``decoder``, ``mode_prompt``).
+    """
+    ckpt, meta, path = _read(path, map_location)
+    kind = meta.get("kind", "masked")
+    prefix = {"masked": "model.", "alignment": "model.masked_model."}[kind]
+    cfg = {k: meta["model"][k] for k in ("encoder", "decoder", "mode_prompt") if k in meta["model"]}
+    model = _masked_model(cfg, path)
+    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    _load_state(model, state, path)
+    model.eval()
+    return (model, cfg) if with_config else model
+
+
+def load_alignment_model(
+    path: str | Path, map_location: str | torch.device = "cpu", *, with_config: bool = False
+):
+    """Load the :class:`AlignmentModel` (encoder, decoder, readout, projector) of an ``align`` /
+    ``finetune`` checkpoint, in eval mode; with ``with_config`` also its model config."""
+    ckpt, meta, path = _read(path, map_location)
+    if meta.get("kind", "masked") != "alignment":
+        raise ValueError(
+            f"{path} is a pretraining checkpoint, not an alignment one: run task=align with "
+            f"init_from={path} first."
+        )
+    cfg = meta["model"]
+    model = AlignmentModel(
+        masked_model=_masked_model(cfg, path),
+        readout=LatentReadout(**cfg["readout"]),
+        projector=NeuralProjector(**cfg["projector"]),
+    )
+    state = {
+        k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
+    }
+    _load_state(model, state, path)
+    model.eval()
+    return (model, cfg) if with_config else model

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-import numpy as np
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from neurobridge.data import MaskedTokenizer, NeuralDataModule
 from neurobridge.io import write_json_atomic
 from neurobridge.masking import MaskingController
-from neurobridge.models import MaskedModel, NeuroBridgeCaPOYO
+from neurobridge.training.builders import build_alignment, build_pretraining
 from neurobridge.training.checkpoint import AtomicCheckpointIO
-from neurobridge.training.pretrain import MaskedPretraining
 
-__all__ = ["run", "build_pretraining", "TASKS"]
+__all__ = ["run", "TASKS"]
 
 log = logging.getLogger(__name__)
 
-TASKS = ("pretrain",)
+#: task name -> builder of (LightningModule, data module)
+_BUILDERS = {"pretrain": build_pretraining, "align": build_alignment, "finetune": build_alignment}
+TASKS = tuple(_BUILDERS)
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -57,55 +54,6 @@ def _validate(cfg: DictConfig) -> None:
         )
 
 
-def _mean_target(dm: NeuralDataModule, tokenizer: MaskedTokenizer, n_windows: int = 32) -> float:
-    """Mean grid value over a few training windows (initialises the decoder's output bias)."""
-    sampler = dm.eval_sampler("train", max_windows=n_windows)
-    values = []
-    for index in list(sampler)[:: len(dm.eval_modes)]:
-        window = dm.dataset.get_recording(index.recording_id).slice(index.start, index.end)
-        values.append(tokenizer.grid_targets(window, len(window.units.id))[0].mean())
-    return float(np.mean(values))
-
-
-def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
-    """Data module (set up, tokenizer attached) and LightningModule for ``task=pretrain``."""
-    dm: NeuralDataModule = instantiate(cfg.data, _convert_="all")
-    dm.setup()
-    encoder = instantiate(cfg.model.encoder)
-    encoder.unit_emb.initialize_vocab(dm.unit_ids)
-    encoder.session_emb.initialize_vocab(dm.session_ids)
-    masking = MaskingController(**OmegaConf.to_container(cfg.masking, resolve=True))
-    tokenizer = MaskedTokenizer(
-        modality="values" if isinstance(encoder, NeuroBridgeCaPOYO) else "spikes",
-        unit_vocab=encoder.unit_emb.vocab,
-        session_vocab=encoder.session_emb.vocab,
-        masking=masking,
-        sequence_length=encoder.sequence_length,
-        bin_size=dm.bin_size,
-        latent_step=encoder.latent_step,
-        num_latents_per_step=encoder.num_latents_per_step,
-        region_key=dm.region_key,
-        value_key=dm.value_key,
-    )
-    dm.tokenizer = tokenizer
-    mean = _mean_target(dm, tokenizer)
-    init_bias = math.log(max(mean, 1e-3)) if tokenizer.modality == "spikes" else mean
-    decoder = instantiate(
-        cfg.model.decoder, dim=encoder.dim, unit_emb_dim=encoder.unit_emb_dim, init_bias=init_bias
-    )
-    model = MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=cfg.model.mode_prompt)
-    task = cfg.task
-    module = MaskedPretraining(
-        model=model,
-        optimizer=OmegaConf.to_container(task.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(task.scheduler, resolve=True),
-        total_steps=int(cfg.trainer.max_steps),
-        baseline=OmegaConf.to_container(task.baseline, resolve=True) if task.baseline else None,
-        model_config=OmegaConf.to_container(cfg.model, resolve=True),
-    )
-    return module, dm
-
-
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     """CSV and TensorBoard always; Weights & Biases when ``wandb_project`` is set."""
     loggers = [
@@ -129,7 +77,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     _validate(cfg)
     run_dir = Path(run_dir)
     L.seed_everything(int(cfg.seed), workers=True)
-    module, dm = build_pretraining(cfg)
+    module, dm = _BUILDERS[cfg.task.name](cfg)
 
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
@@ -155,7 +103,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     metrics["train/global_step"] = int(trainer.global_step)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
-        if cfg.task.get("plots", False):
+        if cfg.task.name == "pretrain" and cfg.task.get("plots", False):
             from neurobridge.training.plots import save_pretraining_plots
 
             save_pretraining_plots(module, dm, run_dir)

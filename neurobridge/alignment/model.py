@@ -1,0 +1,53 @@
+"""A pretrained masked model with a CLIP-space head: the network of ``align`` / ``finetune``."""
+
+from __future__ import annotations
+
+import torch.nn as nn
+from torch import Tensor
+
+from neurobridge.alignment.readout import LatentReadout, NeuralProjector
+from neurobridge.models import MaskedModel
+
+__all__ = ["AlignmentModel"]
+
+
+class AlignmentModel(nn.Module):
+    """Encoder latents → readout queries → projector → a CLIP-space embedding.
+
+    The masked model (encoder + target decoder) is kept whole: ``finetune`` adds the masked
+    reconstruction loss through its decoder to keep the encoder from forgetting.
+
+    Args:
+        masked_model: the pretrained (or freshly initialised) encoder + target decoder.
+        readout: ``K`` queries cross-attending the latents.
+        projector: ``[batch, K, dim]`` → ``[batch, d_clip]``.
+    """
+
+    def __init__(self, *, masked_model: MaskedModel, readout: LatentReadout, projector: NeuralProjector):
+        super().__init__()
+        self.masked_model = masked_model
+        self.readout = readout
+        self.projector = projector
+
+    @property
+    def encoder(self) -> nn.Module:
+        return self.masked_model.encoder
+
+    def forward(self, encoder_inputs: dict[str, Tensor]) -> Tensor:
+        """``[batch, d_clip]`` (not normalised) from the encoder's inputs of whole windows."""
+        latents = self.encoder.encode(**encoder_inputs)
+        tokens = self.readout(latents, encoder_inputs["latent_timestamps"])
+        return self.projector(tokens)
+
+    def freeze_encoder(self, trainable_layers: int = 0) -> None:
+        """Freeze the masked model except the last ``trainable_layers`` self-attention layers of
+        the encoder's processor (``0``: all frozen)."""
+        self.masked_model.requires_grad_(False)
+        layers = self.encoder.proc_layers
+        if not 0 <= trainable_layers <= len(layers):
+            raise ValueError(
+                f"task.trainable_layers must be in [0, {len(layers)}] (the encoder's depth), got "
+                f"{trainable_layers}."
+            )
+        for layer in list(layers)[len(layers) - trainable_layers :]:
+            layer.requires_grad_(True)

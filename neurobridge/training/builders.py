@@ -1,0 +1,238 @@
+"""Build each task's data module and LightningModule from a resolved Hydra config."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from neurobridge.alignment import (
+    AlignmentModel,
+    EmbeddingCache,
+    LatentReadout,
+    NeuralProjector,
+    build_clip_image_encoder,
+    embed_image_source,
+    write_embedding_cache,
+)
+from neurobridge.data import (
+    MaskedTokenizer,
+    NeuralDataModule,
+    StimulusDataModule,
+    StimulusTokenizer,
+    default_cache_dir,
+)
+from neurobridge.data.images import open_image_source
+from neurobridge.masking import MaskingController
+from neurobridge.models import MaskedModel, NeuroBridgeCaPOYO
+from neurobridge.training.align import AlignmentTraining
+from neurobridge.training.checkpoint import (
+    load_alignment_model,
+    load_masked_model,
+    read_checkpoint_kind,
+)
+from neurobridge.training.pretrain import MaskedPretraining
+
+__all__ = [
+    "STIMULUS_OPTIONS",
+    "build_alignment",
+    "build_datamodule",
+    "build_pretraining",
+    "image_embeddings",
+]
+
+log = logging.getLogger(__name__)
+
+#: ``data`` options that only stimulus-locked tasks (align, finetune, adapter, reconstruct) use.
+STIMULUS_OPTIONS = ("stimulus_key", "pre_onset", "post_onset", "images")
+
+
+def _container(node) -> dict:
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def build_datamodule(cfg: DictConfig, *, stimulus: bool) -> NeuralDataModule:
+    """Random windows (``stimulus=False``) or stimulus-locked windows, set up."""
+    kwargs = _container(cfg.data)
+    kwargs.pop("_target_", None)
+    extra = {k: kwargs.pop(k) for k in STIMULUS_OPTIONS if k in kwargs}
+    dm = StimulusDataModule(**kwargs, **extra) if stimulus else NeuralDataModule(**kwargs)
+    dm.setup()
+    return dm
+
+
+def build_tokenizer(cfg: DictConfig, encoder, dm: NeuralDataModule) -> MaskedTokenizer:
+    """The masked tokenizer of ``encoder`` on ``dm``'s data (the encoder's vocabularies)."""
+    return MaskedTokenizer(
+        modality="values" if isinstance(encoder, NeuroBridgeCaPOYO) else "spikes",
+        unit_vocab=encoder.unit_emb.vocab,
+        session_vocab=encoder.session_emb.vocab,
+        masking=MaskingController(**_container(cfg.masking)),
+        sequence_length=encoder.sequence_length,
+        bin_size=dm.bin_size,
+        latent_step=encoder.latent_step,
+        num_latents_per_step=encoder.num_latents_per_step,
+        region_key=dm.region_key,
+        value_key=dm.value_key,
+    )
+
+
+def _mean_target(dm: NeuralDataModule, tokenizer: MaskedTokenizer, n_windows: int = 32) -> float:
+    """Mean grid value over a few training windows (initialises the decoder's output bias)."""
+    sampler = dm.eval_sampler("train", max_windows=n_windows)
+    values = []
+    for index in list(sampler)[:: len(dm.eval_modes)]:
+        window = dm.dataset.get_recording(index.recording_id).slice(index.start, index.end)
+        values.append(tokenizer.grid_targets(window, len(window.units.id))[0].mean())
+    return float(np.mean(values))
+
+
+def new_masked_model(cfg: DictConfig, dm: NeuralDataModule) -> MaskedModel:
+    """A freshly initialised encoder + decoder with vocabularies from ``dm``'s recordings."""
+    encoder = instantiate(cfg.model.encoder)
+    encoder.unit_emb.initialize_vocab(dm.unit_ids)
+    encoder.session_emb.initialize_vocab(dm.session_ids)
+    tokenizer = build_tokenizer(cfg, encoder, dm)
+    mean = _mean_target(dm, tokenizer)
+    init_bias = math.log(max(mean, 1e-3)) if tokenizer.modality == "spikes" else mean
+    decoder = instantiate(
+        cfg.model.decoder, dim=encoder.dim, unit_emb_dim=encoder.unit_emb_dim, init_bias=init_bias
+    )
+    return MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=cfg.model.mode_prompt)
+
+
+def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
+    """Data module (set up, tokenizer attached) and LightningModule for ``task=pretrain``."""
+    dm = build_datamodule(cfg, stimulus=False)
+    model = new_masked_model(cfg, dm)
+    dm.tokenizer = build_tokenizer(cfg, model.encoder, dm)
+    task = cfg.task
+    module = MaskedPretraining(
+        model=model,
+        optimizer=_container(task.optimizer),
+        scheduler=_container(task.scheduler),
+        total_steps=int(cfg.trainer.max_steps),
+        baseline=_container(task.baseline) if task.baseline else None,
+        model_config=_container(cfg.model),
+    )
+    return module, dm
+
+
+# ------------------------------------------------------------------------ alignment
+
+
+def image_embeddings(dm: StimulusDataModule, clip_cfg: dict) -> torch.Tensor:
+    """``[len(dm.image_ids), d_clip]`` CLIP embeddings of the data module's images, in order.
+
+    Read from ``clip_cfg["embeddings"]`` (an HDF5 cache from ``scripts/embed_images.py``) when
+    set; otherwise the images of ``dm.images`` are embedded once with the configured CLIP model
+    and cached under ``$NEUROBRIDGE_CACHE/clip/`` (keyed by image folder, model and weights).
+    """
+    path = clip_cfg.get("embeddings")
+    if path is None:
+        source = open_image_source(dm.images)
+        key = f"{Path(dm.images).resolve()}|{len(source)}|{clip_cfg['model_name']}|{clip_cfg.get('pretrained')}"
+        path = default_cache_dir() / "clip" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
+        if not path.is_file():
+            log.info("Embedding %d images of %s with CLIP %s", len(source), dm.images, clip_cfg["model_name"])
+            encoder = build_clip_image_encoder(
+                model_name=clip_cfg["model_name"], pretrained=clip_cfg.get("pretrained")
+            )
+            ids, emb = embed_image_source(encoder, source)
+            write_embedding_cache(
+                path, ids, emb, model_name=clip_cfg["model_name"], pretrained=clip_cfg.get("pretrained")
+            )
+    return EmbeddingCache(path).lookup(dm.image_ids)
+
+
+def _split_rows(dm: StimulusDataModule) -> dict[str, tuple[int, int]]:
+    rows, first = {}, 0
+    for split in ("train", "valid", "test"):
+        rows[split] = (first, len(dm.split_image_ids[split]))
+        first += rows[split][1]
+    return rows
+
+
+def _check_vocab(model: MaskedModel, dm: NeuralDataModule, path: str) -> None:
+    known_units = set(model.encoder.unit_emb.vocab)
+    missing = [u for u in dm.unit_ids if u not in known_units]
+    known_sessions = set(model.encoder.session_emb.vocab)
+    missing += [s for s in dm.session_ids if s not in known_sessions]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} units/sessions of the data are not in the vocabulary of {path} "
+            f"(e.g. {missing[:3]}). Train on the recordings the checkpoint was pretrained on, or "
+            "add the new units and sessions to it first (task=adapt_session)."
+        )
+
+
+def build_alignment(cfg: DictConfig) -> tuple[AlignmentTraining, StimulusDataModule]:
+    """Data module and LightningModule for ``task=align`` and ``task=finetune``.
+
+    ``init_from`` names a pretraining checkpoint (new readout + projector), an alignment
+    checkpoint (everything restored, e.g. ``finetune`` after ``align``), or is null: a randomly
+    initialised encoder, the control that shows what pretraining brings.
+    """
+    task = cfg.task
+    dm = build_datamodule(cfg, stimulus=True)
+    clip_cfg = _container(task.clip)
+    embeddings = image_embeddings(dm, clip_cfg)
+    init_from = cfg.get("init_from")
+    kind = read_checkpoint_kind(init_from) if init_from else None
+    if kind == "alignment":
+        model, model_config = load_alignment_model(init_from, with_config=True)
+        if model.projector.out_dim != embeddings.shape[1]:
+            raise ValueError(
+                f"{init_from}: the projector outputs {model.projector.out_dim}-d embeddings but "
+                f"the CLIP model {clip_cfg['model_name']!r} gives {embeddings.shape[1]}-d ones; "
+                "use the CLIP model the checkpoint was aligned to."
+            )
+    else:
+        if kind == "masked":
+            masked, model_config = load_masked_model(init_from, with_config=True)
+        else:
+            masked, model_config = new_masked_model(cfg, dm), _container(cfg.model)
+        enc = masked.encoder
+        readout_cfg = {
+            **_container(task.readout),
+            "dim": enc.dim,
+            "sequence_length": enc.sequence_length,
+            "t_min": model_config["encoder"].get("t_min", 1e-4),
+            "t_max": model_config["encoder"].get("t_max", 2.0627),
+        }
+        projector_cfg = {
+            **_container(task.projector),
+            "in_dim": readout_cfg["num_queries"] * enc.dim,
+            "out_dim": int(embeddings.shape[1]),
+        }
+        model = AlignmentModel(
+            masked_model=masked,
+            readout=LatentReadout(**readout_cfg),
+            projector=NeuralProjector(**projector_cfg),
+        )
+        model_config = {**model_config, "readout": readout_cfg, "projector": projector_cfg}
+    if init_from:
+        _check_vocab(model.masked_model, dm, init_from)
+    dm.tokenizer = StimulusTokenizer(
+        build_tokenizer(cfg, model.encoder, dm),
+        {image_id: row for row, image_id in enumerate(dm.image_ids)},
+        masked_view=float(task.recon_weight) > 0,
+    )
+    module = AlignmentTraining(
+        model=model,
+        image_embeddings=embeddings,
+        split_rows=_split_rows(dm),
+        optimizer=_container(task.optimizer),
+        scheduler=_container(task.scheduler),
+        total_steps=int(cfg.trainer.max_steps),
+        trainable_layers=int(task.trainable_layers),
+        recon_weight=float(task.recon_weight),
+        model_config=model_config,
+    )
+    return module, dm

@@ -1,0 +1,116 @@
+"""The alignment stages end to end on a small synthetic visual data set (tiny models)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from neurobridge.data.synthetic import SyntheticConfig, generate_synthetic_recordings
+from neurobridge.training import build_alignment, load_alignment_model, load_masked_model
+from neurobridge.training.run import run
+
+CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
+VISUAL = SyntheticConfig(
+    n_sessions=2, units_per_region=8, duration=80.0, seed=7, stimulus="images",
+    n_train_images=40, n_valid_images=8, n_test_images=16,
+)
+FAST = [
+    "model.encoder.dim=32", "model.encoder.dim_head=16", "model.decoder.dim_head=16",
+    "model.encoder.num_latents_per_step=4", "data.batch_size=8", "data.max_val_windows=4",
+    "trainer.enable_progress_bar=false", "trainer.max_steps=6",
+    "trainer.val_check_interval=3",
+]
+ALIGN = ["task.readout.num_queries=2", "task.readout.dim_head=16", "task.projector.hidden_dim=32"]
+
+
+@pytest.fixture(scope="module")
+def visual_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("visual_align")
+    generate_synthetic_recordings(root, VISUAL)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pretrained(visual_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    run(_cfg(["data=recordings", f"data.root={visual_root}", *FAST, "task.baseline=null", "task.plots=false"]), out)
+    return out / "checkpoints" / "last.ckpt"
+
+
+def _cfg(overrides):
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        return compose("config", overrides=overrides)
+
+
+def _align_cfg(visual_root, *extra):
+    return _cfg(["task=align", "data=recordings", f"data.root={visual_root}", *FAST, *ALIGN, *extra])
+
+
+def test_align_freezes_the_encoder_and_writes_retrieval_metrics(visual_root, pretrained, tmp_path):
+    cfg = _align_cfg(visual_root, f"init_from={pretrained}")
+    module, _ = build_alignment(cfg)
+    before = {k: v.clone() for k, v in module.state_dict().items() if torch.is_tensor(v)}
+    metrics = run(cfg, tmp_path / "align")
+
+    on_disk = json.loads((tmp_path / "align" / "metrics.json").read_text())
+    assert on_disk == pytest.approx(metrics)
+    assert metrics["test/retrieval_n_candidates"] == len(set(VISUAL_TEST_IDS(visual_root)))
+    assert metrics["test/retrieval_chance_top5"] == pytest.approx(5 / metrics["test/retrieval_n_candidates"])
+    for key in ("test/retrieval_top1", "test/retrieval_top5", "test/two_way",
+                "test/retrieval_image_to_neural_top5"):
+        assert 0.0 <= metrics[key] <= 1.0
+
+    aligned = load_alignment_model(tmp_path / "align" / "checkpoints" / "last.ckpt")
+    after = {f"model.{k}": v for k, v in aligned.state_dict().items() if torch.is_tensor(v)}
+    pretrained_model = load_masked_model(pretrained)
+    # the encoder and decoder kept their pretrained weights; the head learned
+    for k, v in pretrained_model.state_dict().items():
+        if not torch.is_tensor(v):
+            continue
+        torch.testing.assert_close(after[f"model.masked_model.{k}"], v, rtol=0, atol=0)
+    changed = [k for k in after if "readout" in k or "projector" in k]
+    assert changed and any(not torch.equal(after[k], before[k]) for k in changed)
+
+
+def VISUAL_TEST_IDS(root):
+    from neurobridge.data import StimulusDataModule
+
+    dm = StimulusDataModule(root=str(root))
+    dm.setup()
+    return dm.split_image_ids["test"]
+
+
+def test_finetune_trains_only_the_last_encoder_layers(visual_root, pretrained, tmp_path):
+    run(_align_cfg(visual_root, f"init_from={pretrained}"), tmp_path / "align")
+    align_ckpt = tmp_path / "align" / "checkpoints" / "last.ckpt"
+    cfg = _cfg(["task=finetune", "data=recordings", f"data.root={visual_root}", *FAST, *ALIGN,
+                f"init_from={align_ckpt}", "task.trainable_layers=1"])
+    run(cfg, tmp_path / "finetune")
+    start = _tensors(load_alignment_model(align_ckpt))
+    end = _tensors(load_alignment_model(tmp_path / "finetune" / "checkpoints" / "last.ckpt"))
+    last = "masked_model.encoder.proc_layers.1."
+    moved = {k for k in start if not torch.equal(start[k], end[k])}
+    assert any(k.startswith(last) for k in moved)
+    frozen = [k for k in start if k.startswith("masked_model.") and not k.startswith(last)]
+    assert frozen and not moved.intersection(frozen)
+
+
+def _tensors(module):
+    return {k: v for k, v in module.state_dict().items() if torch.is_tensor(v)}
+
+
+def test_random_init_control_and_config_errors(visual_root, tmp_path):
+    metrics = run(_align_cfg(visual_root), tmp_path / "control")  # init_from=null
+    assert "test/retrieval_top5" in metrics
+    with pytest.raises(ValueError, match="trainable_layers must be in"):
+        build_alignment(_align_cfg(visual_root, "task.trainable_layers=5"))
+    with pytest.raises(ValueError, match="pretraining checkpoint, not an alignment one"):
+        load_alignment_model(_pretrain_ckpt(visual_root, tmp_path))
+
+
+def _pretrain_ckpt(visual_root, tmp_path):
+    run(_cfg(["data=recordings", f"data.root={visual_root}", *FAST, "task.baseline=null", "task.plots=false",
+              "trainer.max_steps=1"]), tmp_path / "p")
+    return tmp_path / "p" / "checkpoints" / "last.ckpt"
