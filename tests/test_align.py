@@ -56,6 +56,7 @@ def test_align_freezes_the_encoder_and_writes_retrieval_metrics(visual_root, pre
 
     on_disk = json.loads((tmp_path / "align" / "metrics.json").read_text())
     assert on_disk == pytest.approx(metrics)
+    assert (tmp_path / "align" / "retrieval.png").stat().st_size > 10_000
     assert metrics["test/retrieval_n_candidates"] == len(set(VISUAL_TEST_IDS(visual_root)))
     assert metrics["test/retrieval_chance_top5"] == pytest.approx(5 / metrics["test/retrieval_n_candidates"])
     for key in ("test/retrieval_top1", "test/retrieval_top5", "test/two_way",
@@ -114,3 +115,33 @@ def _pretrain_ckpt(visual_root, tmp_path):
     run(_cfg(["data=recordings", f"data.root={visual_root}", *FAST, "task.baseline=null", "task.plots=false",
               "trainer.max_steps=1"]), tmp_path / "p")
     return tmp_path / "p" / "checkpoints" / "last.ckpt"
+
+
+def test_adapter_and_reconstruction_chain(visual_root, pretrained, tmp_path):
+    from neurobridge.training.checkpoint import load_adapter
+
+    run(_align_cfg(visual_root, f"init_from={pretrained}"), tmp_path / "align")
+    align_ckpt = tmp_path / "align" / "checkpoints" / "last.ckpt"
+    tiny = ["task.adapter.num_tokens=4", "task.adapter.hidden_dim=32", "task.adapter.refiner_depth=1"]
+    metrics = run(_cfg(["task=adapter", "data=recordings", f"data.root={visual_root}", *FAST, *tiny,
+                        f"init_from={align_ckpt}"]), tmp_path / "adapter")
+    assert 0 < metrics["test/loss"] < 10
+    adapter_ckpt = tmp_path / "adapter" / "checkpoints" / "last.ckpt"
+    saved = torch.load(adapter_ckpt, weights_only=True)["state_dict"]
+    assert not any(k.startswith(("unet.", "vae.")) for k in saved)  # frozen SD is not stored
+    aligned, adapter, diffusion, _ = load_adapter(adapter_ckpt)
+    cond = adapter.conditioning(torch.randn(3, aligned.projector.out_dim))
+    assert cond["encoder_hidden_states"].shape == (3, 4, diffusion.unet.config.cross_attention_dim)
+
+    out = tmp_path / "reconstruct"
+    metrics = run(_cfg(["task=reconstruct", "data=recordings", f"data.root={visual_root}", *FAST,
+                        f"init_from={adapter_ckpt}", "task.max_images=4",
+                        "task.num_inference_steps=2"]), out)
+    assert metrics["test/n_images"] == 4
+    assert -1 <= metrics["test/pixcorr"] <= 1 and -1 <= metrics["test/ssim"] <= 1
+    assert 0 <= metrics["test/clip_2way"] <= 1
+    assert (out / "reconstructions.png").stat().st_size > 1000
+    assert json.loads((out / "metrics.json").read_text()) == pytest.approx(metrics)
+    with pytest.raises(ValueError, match="needs init_from=<checkpoint of task=align"):
+        run(_cfg(["task=adapter", "data=recordings", f"data.root={visual_root}", *FAST,
+                  f"init_from={pretrained}"]), tmp_path / "bad")

@@ -3,7 +3,13 @@
 from .binning import bin_regular, bin_spikes, num_bins
 from .datamodule import NeuralDataModule, StimulusDataModule, default_cache_dir
 from .dataset import RecordingDataset
-from .images import HDF5ImageStore, ImageFolderSource, ImageSource, open_image_source
+from .images import (
+    HDF5ImageStore,
+    ImageFolderSource,
+    ImagePixels,
+    ImageSource,
+    open_image_source,
+)
 from .samplers import EvalWindowSampler, TrainWindowSampler
 from .stimuli import StimulusTokenizer, StimulusWindowIndex, StimulusWindowSampler
 from .tokenizer import MaskedTokenizer, WindowIndex
@@ -22,6 +28,7 @@ __all__ = [
     "ImageSource",
     "ImageFolderSource",
     "HDF5ImageStore",
+    "ImagePixels",
     "open_image_source",
     "EvalWindowSampler",
     "TrainWindowSampler",

@@ -32,6 +32,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "HDF5ImageStore",
     "ImageFolderSource",
+    "ImagePixels",
     "ImageSource",
     "open_image_source",
     "write_hdf5_image_store",
@@ -218,3 +219,23 @@ def open_image_source(path: str | Path) -> ImageSource:
         f"image source {path} is neither a folder nor an HDF5 store "
         f"(suffix {', '.join(_HDF5_SUFFIXES)})."
     )
+
+
+class ImagePixels:
+    """``image_id -> float32 [3, size, size]`` in ``[0, 1]``: the shown image, resized (bicubic)
+    to the diffusion model's resolution. Picklable, so it runs in DataLoader workers.
+
+    Args:
+        source: where the images are.
+        size: output height and width in pixels.
+    """
+
+    def __init__(self, source: ImageSource, size: int):
+        if size < 1:
+            raise ValueError(f"ImagePixels size must be >= 1, got {size}.")
+        self.source = source
+        self.size = int(size)
+
+    def __call__(self, image_id: str) -> np.ndarray:
+        image = self.source.load(image_id).resize((self.size, self.size), Image.BICUBIC)
+        return np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 255.0)

@@ -6,6 +6,8 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import move_data_to_device
 from torch import Tensor
 
 from neurobridge.alignment import (
@@ -19,7 +21,27 @@ from neurobridge.losses import masked_mse, masked_poisson_nll
 from neurobridge.training.checkpoint import CHECKPOINT_KEY, checkpoint_payload
 from neurobridge.training.optim import build_optimizer, build_scheduler
 
-__all__ = ["AlignmentTraining"]
+__all__ = ["AlignmentTraining", "mean_test_embeddings", "neural_clip_embedding"]
+
+
+def neural_clip_embedding(model: AlignmentModel, encoder_inputs: dict) -> Tensor:
+    """``[batch, d_clip]`` L2-normalised embedding of the aligned model, without gradient."""
+    with torch.no_grad():
+        return F.normalize(model(encoder_inputs).float(), dim=-1)
+
+
+def mean_test_embeddings(model: AlignmentModel, dm, device: torch.device) -> tuple[list[str], Tensor]:
+    """Sorted distinct test image ids and ``[n_images, d_clip]`` neural embeddings, each the
+    normalised mean over the image's test presentations (repeats averaged, as MindEye does)."""
+    sums: dict[str, Tensor] = {}
+    for batch in dm.test_dataloader():
+        batch = move_data_to_device(batch, device)
+        z = neural_clip_embedding(model, batch["encoder_inputs"])
+        for row, vec in zip(batch["image_index"].tolist(), z):
+            image_id = dm.image_ids[row]
+            sums[image_id] = sums.get(image_id, 0) + vec
+    ids = sorted(sums)
+    return ids, F.normalize(torch.stack([sums[i] for i in ids]), dim=-1)
 
 
 class AlignmentTraining(L.LightningModule):

@@ -22,17 +22,21 @@ from neurobridge.alignment import (
     write_embedding_cache,
 )
 from neurobridge.data import (
+    ImagePixels,
     MaskedTokenizer,
     NeuralDataModule,
     StimulusDataModule,
     StimulusTokenizer,
     default_cache_dir,
+    open_image_source,
 )
-from neurobridge.data.images import open_image_source
+from neurobridge.generation import adapter_for_unet
 from neurobridge.masking import MaskingController
 from neurobridge.models import MaskedModel, NeuroBridgeCaPOYO
+from neurobridge.training.adapter import AdapterTraining
 from neurobridge.training.align import AlignmentTraining
 from neurobridge.training.checkpoint import (
+    build_diffusion,
     load_alignment_model,
     load_masked_model,
     read_checkpoint_kind,
@@ -41,6 +45,7 @@ from neurobridge.training.pretrain import MaskedPretraining
 
 __all__ = [
     "STIMULUS_OPTIONS",
+    "build_adapter",
     "build_alignment",
     "build_datamodule",
     "build_pretraining",
@@ -159,6 +164,10 @@ def _split_rows(dm: StimulusDataModule) -> dict[str, tuple[int, int]]:
     return rows
 
 
+def _image_rows(dm: StimulusDataModule) -> dict[str, int]:
+    return {image_id: row for row, image_id in enumerate(dm.image_ids)}
+
+
 def _check_vocab(model: MaskedModel, dm: NeuralDataModule, path: str) -> None:
     known_units = set(model.encoder.unit_emb.vocab)
     missing = [u for u in dm.unit_ids if u not in known_units]
@@ -217,11 +226,12 @@ def build_alignment(cfg: DictConfig) -> tuple[AlignmentTraining, StimulusDataMod
             projector=NeuralProjector(**projector_cfg),
         )
         model_config = {**model_config, "readout": readout_cfg, "projector": projector_cfg}
+    model_config["clip"] = {k: v for k, v in clip_cfg.items() if k != "embeddings"}
     if init_from:
         _check_vocab(model.masked_model, dm, init_from)
     dm.tokenizer = StimulusTokenizer(
         build_tokenizer(cfg, model.encoder, dm),
-        {image_id: row for row, image_id in enumerate(dm.image_ids)},
+        _image_rows(dm),
         masked_view=float(task.recon_weight) > 0,
     )
     module = AlignmentTraining(
@@ -234,5 +244,53 @@ def build_alignment(cfg: DictConfig) -> tuple[AlignmentTraining, StimulusDataMod
         trainable_layers=int(task.trainable_layers),
         recon_weight=float(task.recon_weight),
         model_config=model_config,
+    )
+    return module, dm
+
+
+# ------------------------------------------------------------------------- adapter
+
+
+def build_adapter(cfg: DictConfig) -> tuple[AdapterTraining, StimulusDataModule]:
+    """Data module (with image pixels) and LightningModule for ``task=adapter``.
+
+    ``init_from`` must name an ``align`` / ``finetune`` checkpoint; its model is frozen.
+    """
+    init_from = cfg.get("init_from")
+    if not init_from or read_checkpoint_kind(init_from) != "alignment":
+        raise ValueError(
+            "task=adapter needs init_from=<checkpoint of task=align or task=finetune> (got "
+            f"{init_from!r}): the adapter turns the aligned neural embedding into conditioning."
+        )
+    aligned, model_config = load_alignment_model(init_from, with_config=True)
+    task = cfg.task
+    diffusion_cfg = _container(task.diffusion)
+    diffusion = build_diffusion(diffusion_cfg)
+    adapter = adapter_for_unet(
+        diffusion.unet, clip_dim=aligned.projector.out_dim, **_container(task.adapter)
+    )
+    adapter_cfg = {
+        **_container(task.adapter),
+        "clip_dim": adapter.clip_dim,
+        "cond_dim": adapter.cond_dim,
+        "class_embed_dim": adapter.class_embed_dim,
+    }
+    dm = build_datamodule(cfg, stimulus=True)
+    _check_vocab(aligned.masked_model, dm, init_from)
+    size = diffusion.unet.config.sample_size * diffusion.vae_scale_factor
+    dm.tokenizer = StimulusTokenizer(
+        build_tokenizer(cfg, aligned.encoder, dm),
+        _image_rows(dm),
+        pixels=ImagePixels(open_image_source(dm.images), size),
+    )
+    module = AdapterTraining(
+        aligned=aligned,
+        adapter=adapter,
+        diffusion=diffusion,
+        optimizer=_container(task.optimizer),
+        scheduler=_container(task.scheduler),
+        total_steps=int(cfg.trainer.max_steps),
+        model_config={**model_config, "adapter": adapter_cfg, "diffusion": diffusion_cfg},
+        seed=int(cfg.seed),
     )
     return module, dm

@@ -1,7 +1,7 @@
 """Rebuild trained NeuroBridge models from checkpoints, without the data.
 
 Every NeuroBridge checkpoint stores its kind (``"masked"`` for pretraining, ``"alignment"``
-for align / finetune) and the model config under ``checkpoint["neurobridge"]``, and the unit /
+for align / finetune, ``"adapter"`` for the diffusion adapter) and the model config under ``checkpoint["neurobridge"]``, and the unit /
 session vocabularies inside the state dict, so loading needs neither the data folder nor Hydra.
 Files are read with ``torch.load(..., weights_only=True)``: no pickled code runs.
 """
@@ -15,6 +15,12 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from neurobridge.alignment import AlignmentModel, LatentReadout, NeuralProjector
+from neurobridge.generation import (
+    DiffusionAdapter,
+    DiffusionComponents,
+    build_tiny_stable_diffusion,
+    load_stable_diffusion,
+)
 from neurobridge.io import atomic_path
 from neurobridge.models import (
     MaskedModel,
@@ -28,14 +34,17 @@ __all__ = [
     "CHECKPOINT_KINDS",
     "AtomicCheckpointIO",
     "checkpoint_payload",
+    "build_diffusion",
+    "load_adapter",
     "load_alignment_model",
     "load_masked_model",
     "read_checkpoint_kind",
 ]
 
 CHECKPOINT_KEY = "neurobridge"
-#: What a checkpoint holds: a pretrained masked model, or that model with a CLIP-space head.
-CHECKPOINT_KINDS = ("masked", "alignment")
+#: What a checkpoint holds: a pretrained masked model, that model with a CLIP-space head, or
+#: the latter with a diffusion adapter.
+CHECKPOINT_KINDS = ("masked", "alignment", "adapter")
 
 # Only these classes can be named by a checkpoint (a file never chooses arbitrary code to run).
 _ENCODERS = {
@@ -127,7 +136,8 @@ def load_masked_model(
     """
     ckpt, meta, path = _read(path, map_location)
     kind = meta.get("kind", "masked")
-    prefix = {"masked": "model.", "alignment": "model.masked_model."}[kind]
+    prefix = {"masked": "model.", "alignment": "model.masked_model.",
+              "adapter": "aligned.masked_model."}[kind]
     cfg = {k: meta["model"][k] for k in ("encoder", "decoder", "mode_prompt") if k in meta["model"]}
     model = _masked_model(cfg, path)
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
@@ -136,26 +146,61 @@ def load_masked_model(
     return (model, cfg) if with_config else model
 
 
-def load_alignment_model(
-    path: str | Path, map_location: str | torch.device = "cpu", *, with_config: bool = False
-):
-    """Load the :class:`AlignmentModel` (encoder, decoder, readout, projector) of an ``align`` /
-    ``finetune`` checkpoint, in eval mode; with ``with_config`` also its model config."""
-    ckpt, meta, path = _read(path, map_location)
-    if meta.get("kind", "masked") != "alignment":
-        raise ValueError(
-            f"{path} is a pretraining checkpoint, not an alignment one: run task=align with "
-            f"init_from={path} first."
-        )
-    cfg = meta["model"]
+def _alignment_model(cfg: dict, state: dict, path: Path) -> AlignmentModel:
     model = AlignmentModel(
         masked_model=_masked_model(cfg, path),
         readout=LatentReadout(**cfg["readout"]),
         projector=NeuralProjector(**cfg["projector"]),
     )
-    state = {
-        k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")
-    }
     _load_state(model, state, path)
-    model.eval()
+    return model.eval()
+
+
+def _with_prefix(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def load_alignment_model(
+    path: str | Path, map_location: str | torch.device = "cpu", *, with_config: bool = False
+):
+    """Load the :class:`AlignmentModel` (encoder, decoder, readout, projector) of an ``align`` /
+    ``finetune`` (or ``adapter``) checkpoint, in eval mode; with ``with_config`` also its model
+    config."""
+    ckpt, meta, path = _read(path, map_location)
+    kind = meta.get("kind", "masked")
+    if kind == "masked":
+        raise ValueError(
+            f"{path} is a pretraining checkpoint, not an alignment one: run task=align with "
+            f"init_from={path} first."
+        )
+    cfg = meta["model"]
+    prefix = "model." if kind == "alignment" else "aligned."
+    model = _alignment_model(cfg, _with_prefix(ckpt["state_dict"], prefix), path)
     return (model, cfg) if with_config else model
+
+
+def load_adapter(path: str | Path, map_location: str | torch.device = "cpu"):
+    """Load an ``adapter`` checkpoint: ``(aligned_model, adapter, diffusion, model_config)``.
+
+    The diffusion model (UNet, VAE, noise schedule) is rebuilt from the stored config: the
+    local Stable Diffusion folder it names, or the tiny random-weight model with its seed.
+    """
+    ckpt, meta, path = _read(path, map_location)
+    if meta.get("kind") != "adapter":
+        raise ValueError(
+            f"{path} is not a diffusion-adapter checkpoint: run task=adapter with "
+            "init_from=<align checkpoint> first."
+        )
+    cfg = meta["model"]
+    aligned = _alignment_model(cfg, _with_prefix(ckpt["state_dict"], "aligned."), path)
+    adapter = DiffusionAdapter(**cfg["adapter"])
+    _load_state(adapter, _with_prefix(ckpt["state_dict"], "adapter."), path)
+    return aligned, adapter.eval(), build_diffusion(cfg["diffusion"]), cfg
+
+
+def build_diffusion(cfg: dict) -> DiffusionComponents:
+    """Frozen diffusion components from a ``task.diffusion`` config: ``pretrained`` (a local
+    Stable Diffusion folder or a cached model id) or, when null, the tiny random model."""
+    if cfg.get("pretrained"):
+        return load_stable_diffusion(cfg["pretrained"])
+    return build_tiny_stable_diffusion(**cfg["tiny"])

@@ -1,4 +1,4 @@
-"""Figures saved to the run folder after masked pretraining."""
+"""Figures saved to the run folder after masked pretraining and after alignment."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import torch  # noqa: E402
 from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
 from torch_brain.data import collate  # noqa: E402
 
+from neurobridge.data import open_image_source  # noqa: E402
 from neurobridge.masking import MASKING_MODES  # noqa: E402
+from neurobridge.training.align import mean_test_embeddings  # noqa: E402
 
-__all__ = ["save_pretraining_plots", "plot_loss_curves", "plot_masked_rates"]
+__all__ = ["save_pretraining_plots", "plot_loss_curves", "plot_masked_rates", "plot_retrieval"]
 
 
 def save_pretraining_plots(module, dm, run_dir: Path) -> list[Path]:
@@ -91,3 +93,37 @@ def plot_masked_rates(module, dm, out: Path) -> Path:
     plt.close(fig)
     return out
 
+
+
+@torch.no_grad()
+def plot_retrieval(module, dm, out: Path, *, n_queries: int = 8, k: int = 5) -> Path:
+    """For ``n_queries`` test images: the image shown, then the ``k`` test images whose CLIP
+    embeddings are closest to the neural embedding (repeats averaged); hits framed in green."""
+    module.eval()
+    ids, neural = mean_test_embeddings(module.model, dm, module.device)
+    first, n = module.split_rows["test"]
+    candidates = torch.nn.functional.normalize(module.image_embeddings[first : first + n], dim=-1)
+    candidate_ids = dm.image_ids[first : first + n]
+    ranking = (neural @ candidates.T).argsort(dim=1, descending=True)[:, :k].cpu()
+    source = open_image_source(dm.images)
+    rows = np.unique(np.linspace(0, len(ids) - 1, min(n_queries, len(ids))).round().astype(int))
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.4 * (k + 1), 1.5 * len(rows)),
+                             squeeze=False)
+    for ax_row, r in zip(axes, rows):
+        shown = [ids[r]] + [candidate_ids[int(j)] for j in ranking[r]]
+        for col, (ax, image_id) in enumerate(zip(ax_row, shown)):
+            ax.imshow(source.load(image_id))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            hit = col > 0 and image_id == ids[r]
+            for side in ax.spines.values():
+                side.set_color("limegreen" if hit else "black")
+                side.set_linewidth(3 if hit else 0.5)
+    axes[0, 0].set_title("shown", fontsize=9)
+    for col in range(1, k + 1):
+        axes[0, col].set_title(f"top {col}", fontsize=9)
+    fig.suptitle(f"Retrieval among {n} test images from neural activity", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

@@ -13,16 +13,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from neurobridge.io import write_json_atomic
 from neurobridge.masking import MaskingController
-from neurobridge.training.builders import build_alignment, build_pretraining
+from neurobridge.training.builders import build_adapter, build_alignment, build_pretraining
 from neurobridge.training.checkpoint import AtomicCheckpointIO
+from neurobridge.training.reconstruct import run_reconstruction
 
 __all__ = ["run", "TASKS"]
 
 log = logging.getLogger(__name__)
 
-#: task name -> builder of (LightningModule, data module)
-_BUILDERS = {"pretrain": build_pretraining, "align": build_alignment, "finetune": build_alignment}
-TASKS = tuple(_BUILDERS)
+#: training task name -> builder of (LightningModule, data module)
+_BUILDERS = {
+    "pretrain": build_pretraining,
+    "align": build_alignment,
+    "finetune": build_alignment,
+    "adapter": build_adapter,
+}
+TASKS = (*_BUILDERS, "reconstruct")
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -77,6 +83,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     _validate(cfg)
     run_dir = Path(run_dir)
     L.seed_everything(int(cfg.seed), workers=True)
+    if cfg.task.name == "reconstruct":
+        return run_reconstruction(cfg, run_dir)
     module, dm = _BUILDERS[cfg.task.name](cfg)
 
     ckpt = ModelCheckpoint(
@@ -103,8 +111,11 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     metrics["train/global_step"] = int(trainer.global_step)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
-        if cfg.task.name == "pretrain" and cfg.task.get("plots", False):
-            from neurobridge.training.plots import save_pretraining_plots
+        if cfg.task.get("plots", False):
+            from neurobridge.training import plots
 
-            save_pretraining_plots(module, dm, run_dir)
+            if cfg.task.name == "pretrain":
+                plots.save_pretraining_plots(module, dm, run_dir)
+            elif cfg.task.name in ("align", "finetune"):
+                plots.plot_retrieval(module, dm, run_dir / "retrieval.png")
     return metrics
