@@ -139,3 +139,38 @@ def test_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypa
     monkeypatch.undo()
     assert torch.load(target, weights_only=True)["step"] == 1
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temp file left
+
+
+def test_same_seed_gives_identical_metrics_and_records_the_run(small_recordings, tmp_path):
+    base = ["data=recordings", f"data.root={small_recordings}", *FAST, "trainer.max_steps=8",
+            "trainer.val_check_interval=4", "task.baseline=null"]
+    for name in ("a", "b"):
+        run(_cfg(base), tmp_path / name)
+    a = (tmp_path / "a" / "metrics.json").read_text()
+    assert a == (tmp_path / "b" / "metrics.json").read_text()  # byte-identical
+    assert json.loads(a)["test/co_bps"] != 0
+    other = run(_cfg(base + ["seed=1"]), tmp_path / "c")
+    assert other["test/co_bps"] != json.loads(a)["test/co_bps"]
+    info = json.loads((tmp_path / "a" / "run_info.json").read_text())
+    assert info["versions"]["torch_brain"] == "0.1.1" and info["versions"]["neurobridge"]
+    assert "git_revision" in info and info["python"]
+
+
+def test_run_killed_between_epochs_resumes_to_the_same_metrics(small_recordings, tmp_path):
+    """A run stopped at an epoch boundary and resumed from its checkpoint ends with exactly the
+    metrics of the uninterrupted run (tolerance 1e-6: the same computations in the same order)."""
+    from neurobridge.data import NeuralDataModule
+
+    base = ["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null"]
+    dm = NeuralDataModule(root=str(small_recordings), batch_size=16)
+    dm.setup()
+    epoch = len(dm.train_dataloader())  # steps per epoch
+    cfg = base + [f"trainer.max_steps={2 * epoch}", f"trainer.val_check_interval={epoch}"]
+    full = run(_cfg(cfg), tmp_path / "full")
+    # the same run stopped after its first epoch (same schedule), then resumed from last.ckpt
+    run(_cfg(cfg + ["+trainer.max_epochs=1"]), tmp_path / "killed")
+    killed = tmp_path / "killed" / "checkpoints" / "last.ckpt"
+    resumed = run(_cfg(cfg + [f"resume_from={killed}"]), tmp_path / "killed")
+    assert resumed["train/global_step"] == full["train/global_step"] == 2 * epoch
+    for key, value in full.items():
+        assert resumed[key] == pytest.approx(value, abs=1e-6, rel=0), key

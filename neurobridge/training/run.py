@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import platform
+import subprocess
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from neurobridge.io import write_json_atomic
@@ -17,7 +21,7 @@ from neurobridge.training.builders import build_adapter, build_alignment, build_
 from neurobridge.training.checkpoint import AtomicCheckpointIO
 from neurobridge.training.reconstruct import run_reconstruction
 
-__all__ = ["run", "TASKS"]
+__all__ = ["run", "run_info", "TASKS"]
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,41 @@ def _validate(cfg: DictConfig) -> None:
         )
 
 
+#: Distributions whose versions are recorded in every run folder.
+_RECORDED_PACKAGES = (
+    "neurobridge", "torch", "torch_brain", "temporaldata", "lightning", "hydra-core",
+    "torchmetrics", "numpy", "open_clip_torch", "diffusers",
+)
+
+
+def run_info() -> dict[str, Any]:
+    """Package versions, Python, platform and the git revision of the NeuroBridge checkout
+    (``None`` outside a git checkout; ``git_dirty`` when it has uncommitted changes)."""
+    versions = {}
+    for name in _RECORDED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
+                                 text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    rev = git("rev-parse", "HEAD")
+    return {
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_revision": rev,
+        "git_dirty": bool(git("status", "--porcelain")) if rev else None,
+    }
+
+
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     """CSV and TensorBoard always; Weights & Biases when ``wandb_project`` is set."""
     loggers = [
@@ -82,15 +121,16 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train, test and write ``run_dir/metrics.json`` and ``run_dir/checkpoints/last.ckpt``."""
     _validate(cfg)
     run_dir = Path(run_dir)
+    if rank_zero_only.rank == 0:
+        write_json_atomic(run_dir / "run_info.json", run_info())
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.task.name == "reconstruct":
         return run_reconstruction(cfg, run_dir)
     module, dm = _BUILDERS[cfg.task.name](cfg)
 
+    # last.ckpt only, rewritten atomically every val_check_interval steps and at the end
     ckpt = ModelCheckpoint(
         dirpath=run_dir / "checkpoints",
-        filename="step{step}",
-        auto_insert_metric_name=False,
         save_last=True,
         save_top_k=0,
         every_n_train_steps=int(cfg.trainer.val_check_interval),
