@@ -140,6 +140,7 @@ class _GLMFit:
     weight: np.ndarray  # [H, K] on standardised features
     bias: np.ndarray  # [K]
     grad_max: float  # max |gradient| of the penalised objective at the solution
+    eta_max: np.ndarray  # [K] largest log-rate the fit gives on its training data
 
 
 class SmoothingGLMBaseline:
@@ -160,7 +161,10 @@ class SmoothingGLMBaseline:
       negative log-likelihood) fitted on the recording's training counts, all held-out units at
       once (one ``[H, K]`` weight matrix) by batched Newton's method in float64. Fits are cached
       per ``(recording, held-in set, held-out set)``; if there is no held-in unit, held-out units
-      get their training mean rate. GLM log-rates are floored at ``log(min_rate)``;
+      get their training mean rate. GLM log-rates are floored at ``log(min_rate)`` and capped at
+      the largest log-rate the fit gives on its training data (no extrapolation beyond the
+      training range: a window more strongly driven than any training bin would otherwise get
+      an exponentially large rate);
     * all other units (partially masked, e.g. the ``temporal`` mode) get the Gaussian-weighted
       mean of their own observed cells in the window (:func:`gaussian_smooth_observed`), shrunk
       towards the unit's training mean rate ``m`` by ``prior_bins`` pseudo-bins::
@@ -355,7 +359,8 @@ class SmoothingGLMBaseline:
             theta, obj = new_theta, new_obj
             if not progressed:  # no unit could decrease its objective: numerical floor reached
                 break
-        rate = torch.exp(xa @ theta)
+        eta = xa @ theta
+        rate = torch.exp(eta)
         grad = xa.T @ (rate - yt) / n_t + penalty[:, None] * theta
         grad_max = float(grad.abs().max())
         if not converged or not math.isfinite(grad_max):
@@ -366,7 +371,10 @@ class SmoothingGLMBaseline:
                 stacklevel=3,
             )
         return _GLMFit(
-            weight=theta[:-1].numpy().copy(), bias=theta[-1].numpy().copy(), grad_max=grad_max
+            weight=theta[:-1].numpy().copy(),
+            bias=theta[-1].numpy().copy(),
+            grad_max=grad_max,
+            eta_max=eta.max(dim=0).values.numpy().copy(),
         )
 
     # --------------------------------------------------------------- prediction
@@ -416,7 +424,7 @@ class SmoothingGLMBaseline:
             if held_in.size:
                 fit = self._get_glm(recording_id, held_in, held_out)
                 x = (smoothed[:, held_in] - rec.feat_mean[held_in]) / rec.feat_std[held_in]
-                eta = x @ fit.weight + fit.bias
+                eta = np.minimum(x @ fit.weight + fit.bias, fit.eta_max)
                 log_rate[:, held_out] = np.maximum(eta, math.log(self.min_rate))
             else:
                 log_rate[:, held_out] = np.log(rec.mean_rate[held_out])[None, :]

@@ -257,3 +257,17 @@ def test_glm_fit_restores_torch_thread_count(sim):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+def test_glm_does_not_extrapolate_beyond_its_training_range(sim):
+    """A window far more active than any training bin gets at most the largest training-range
+    log-rate, not an exponentially large one (this blew co-bps up to -1000 on strongly
+    stimulus-driven data)."""
+    counts = sim["test"][:WINDOW].copy()
+    mask = np.zeros_like(counts, dtype=bool)
+    mask[:, :5] = True  # units 0-4 held out
+    counts[:, 5:] *= 50  # held-in units fire 50x harder than ever in training
+    pred = sim["baseline"].predict_log_rate("rec", counts, mask)
+    train_max = np.log(sim["train"][:, :5].max(axis=0) + 1)
+    assert np.all(np.isfinite(pred[:, :5]))
+    assert np.all(pred[:, :5].max(axis=0) <= train_max + 1.0)
