@@ -19,7 +19,7 @@ from neurobridge.alignment import (
 )
 from neurobridge.losses import masked_mse, masked_poisson_nll
 from neurobridge.training.checkpoint import CHECKPOINT_KEY, checkpoint_payload
-from neurobridge.training.optim import build_optimizer, build_scheduler
+from neurobridge.training.optim import configure_optimization
 
 __all__ = ["AlignmentTraining", "mean_test_embeddings", "neural_clip_embedding"]
 
@@ -178,18 +178,6 @@ class AlignmentTraining(L.LightningModule):
             checkpoint[CHECKPOINT_KEY] = checkpoint_payload(self.model_config, "alignment")
 
     def configure_optimizers(self) -> Any:
-        opt = build_optimizer(
-            self,
-            name=self.optimizer_cfg["name"],
-            lr=self.optimizer_cfg["lr"],
-            weight_decay=self.optimizer_cfg.get("weight_decay", 0.0),
+        return configure_optimization(
+            self, self.optimizer_cfg, self.scheduler_cfg, self.total_steps
         )
-        sched = build_scheduler(
-            opt,
-            name=self.scheduler_cfg["name"],
-            total_steps=self.total_steps,
-            warmup_frac=self.scheduler_cfg.get("warmup_frac", 0.05),
-        )
-        if sched is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -7,7 +7,7 @@ import math
 import torch
 from torch_brain.optim import SparseLamb
 
-__all__ = ["build_optimizer", "build_scheduler"]
+__all__ = ["build_optimizer", "build_scheduler", "configure_optimization"]
 
 _EMBEDDING_SUFFIXES = ("unit_emb.weight", "session_emb.weight")
 
@@ -73,3 +73,26 @@ def build_scheduler(
 
         return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
     raise ValueError(f"scheduler.name must be 'cosine', 'onecycle' or 'none', got {name!r}.")
+
+
+def configure_optimization(
+    module: torch.nn.Module, optimizer: dict, scheduler: dict, total_steps: int
+) -> torch.optim.Optimizer | dict:
+    """What a LightningModule's ``configure_optimizers`` returns for the task configs'
+    ``optimizer`` (``name``, ``lr``, ``weight_decay``) and ``scheduler`` (``name``,
+    ``warmup_frac``) over ``module``'s trainable parameters; the schedule steps per batch."""
+    opt = build_optimizer(
+        module,
+        name=optimizer["name"],
+        lr=optimizer["lr"],
+        weight_decay=optimizer.get("weight_decay", 0.0),
+    )
+    sched = build_scheduler(
+        opt,
+        name=scheduler["name"],
+        total_steps=total_steps,
+        warmup_frac=scheduler.get("warmup_frac", 0.05),
+    )
+    if sched is None:
+        return opt
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -14,7 +14,7 @@ from neurobridge.masking import MASKING_MODES
 from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate
 from neurobridge.models import MaskedModel
 from neurobridge.training.checkpoint import CHECKPOINT_KEY, checkpoint_payload
-from neurobridge.training.optim import build_optimizer, build_scheduler
+from neurobridge.training.optim import configure_optimization
 
 __all__ = ["MaskedPretraining"]
 
@@ -182,20 +182,8 @@ class MaskedPretraining(L.LightningModule):
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
-        opt = build_optimizer(
-            self.model,
-            name=self.optimizer_cfg["name"],
-            lr=self.optimizer_cfg["lr"],
-            weight_decay=self.optimizer_cfg.get("weight_decay", 0.0),
+        return configure_optimization(
+            self.model, self.optimizer_cfg, self.scheduler_cfg, self.total_steps
         )
-        sched = build_scheduler(
-            opt,
-            name=self.scheduler_cfg["name"],
-            total_steps=self.total_steps,
-            warmup_frac=self.scheduler_cfg.get("warmup_frac", 0.05),
-        )
-        if sched is None:
-            return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
