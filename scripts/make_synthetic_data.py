@@ -4,6 +4,7 @@
 Example::
 
     python scripts/make_synthetic_data.py --out data/synthetic --sessions 4 --modality spikes
+    python scripts/make_synthetic_data.py --out data/visual --stimulus images   # + images/
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=defaults.duration, help="seconds")
     p.add_argument("--modality", choices=("spikes", "mua"), default=defaults.modality)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--stimulus", choices=("none", "images"), default=defaults.stimulus,
+                   help="'images': sessions watch procedural images (written to OUT/images/)")
     p.add_argument("--overwrite", action="store_true", help="replace existing recordings")
     return p.parse_args(argv)
 
@@ -42,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             duration=args.duration,
             modality=args.modality,
             seed=args.seed,
+            stimulus=args.stimulus,
         )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

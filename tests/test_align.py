@@ -1,5 +1,6 @@
 """The alignment stages end to end on a small synthetic visual data set (tiny models)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -102,9 +103,13 @@ def _tensors(module):
     return {k: v for k, v in module.state_dict().items() if torch.is_tensor(v)}
 
 
-def test_random_init_control_and_config_errors(visual_root, tmp_path):
+def test_random_init_control_and_config_errors(visual_root, pretrained, tmp_path):
     metrics = run(_align_cfg(visual_root), tmp_path / "control")  # init_from=null
     assert "test/retrieval_top5" in metrics
+    other = tmp_path / "other_lab"
+    generate_synthetic_recordings(other, dataclasses.replace(VISUAL, recording_prefix="lab2"))
+    with pytest.raises(ValueError, match=r"not in the vocabulary of .*last.ckpt.*lab2_s00"):
+        build_alignment(_align_cfg(other, f"init_from={pretrained}"))
     with pytest.raises(ValueError, match="trainable_layers must be in"):
         build_alignment(_align_cfg(visual_root, "task.trainable_layers=5"))
     with pytest.raises(ValueError, match="pretraining checkpoint, not an alignment one"):

@@ -98,6 +98,10 @@ def test_checkpoint_rebuilds_the_model_without_data_and_resumes(small_recordings
     # resuming continues the same run from its step
     resumed = run(_cfg(base + ["trainer.max_steps=6", f"resume_from={ckpt}"]), tmp_path / "run")
     assert resumed["train/global_step"] == 6
+    # ... but not with another model size
+    with pytest.raises(ValueError, match=r"another model \(model.encoder.depth: 2 -> 3"):
+        run(_cfg(base + ["trainer.max_steps=8", f"resume_from={ckpt}", "model.encoder.depth=3"]),
+            tmp_path / "run")
 
 
 def test_bad_checkpoints_are_named(tmp_path):

@@ -176,8 +176,8 @@ def _check_vocab(model: MaskedModel, dm: NeuralDataModule, path: str) -> None:
     if missing:
         raise ValueError(
             f"{len(missing)} units/sessions of the data are not in the vocabulary of {path} "
-            f"(e.g. {missing[:3]}). Train on the recordings the checkpoint was pretrained on, or "
-            "add the new units and sessions to it first (task=adapt_session)."
+            f"(e.g. {missing[:3]}). Select the recordings the checkpoint was pretrained on "
+            "(data.recording_ids=[...]); a model cannot yet be adapted to new sessions."
         )
 
 

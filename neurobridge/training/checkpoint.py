@@ -39,6 +39,7 @@ __all__ = [
     "load_alignment_model",
     "load_masked_model",
     "read_checkpoint_kind",
+    "read_checkpoint_meta",
 ]
 
 CHECKPOINT_KEY = "neurobridge"
@@ -104,9 +105,16 @@ def _read(path: str | Path, map_location) -> tuple[dict, dict, Path]:
     return ckpt, meta, path
 
 
+def read_checkpoint_meta(path: str | Path) -> dict:
+    """The NeuroBridge entry of a checkpoint: ``version``, ``kind`` and the ``model`` config."""
+    meta = dict(_read(path, "cpu")[1])
+    meta.setdefault("kind", "masked")
+    return meta
+
+
 def read_checkpoint_kind(path: str | Path) -> str:
-    """``"masked"`` or ``"alignment"``: what the checkpoint at ``path`` holds."""
-    return _read(path, "cpu")[1].get("kind", "masked")
+    """``"masked"``, ``"alignment"`` or ``"adapter"``: what the checkpoint at ``path`` holds."""
+    return read_checkpoint_meta(path)["kind"]
 
 
 def _masked_model(cfg: dict, path: Path) -> MaskedModel:

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from neurobridge.io import write_json_atomic
 from neurobridge.masking import MaskingController
 from neurobridge.training.builders import build_adapter, build_alignment, build_pretraining
-from neurobridge.training.checkpoint import AtomicCheckpointIO
+from neurobridge.training.checkpoint import AtomicCheckpointIO, read_checkpoint_meta
 from neurobridge.training.reconstruct import run_reconstruction
 
 __all__ = ["run", "run_info", "TASKS"]
@@ -99,6 +99,42 @@ def run_info() -> dict[str, Any]:
     }
 
 
+#: checkpoint kind each training task writes (and resumes from)
+_KIND_OF_TASK = {"pretrain": "masked", "align": "alignment", "finetune": "alignment",
+                 "adapter": "adapter"}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_resume(cfg: DictConfig) -> None:
+    """``resume_from`` must be a checkpoint of this task, with the model this config describes."""
+    meta = read_checkpoint_meta(cfg.resume_from)
+    task = cfg.task.name
+    if meta["kind"] != _KIND_OF_TASK[task]:
+        raise ValueError(
+            f"resume_from={cfg.resume_from} is a {meta['kind']!r} checkpoint, but task={task} "
+            f"writes {_KIND_OF_TASK[task]!r} ones: resume a run with the task that wrote it."
+        )
+    if task == "pretrain":
+        saved = _flatten(meta["model"])
+        current = _flatten(OmegaConf.to_container(cfg.model, resolve=True))
+        diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
+        if diff:
+            shown = ", ".join(f"model.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in diff[:5])
+            raise ValueError(
+                f"resume_from={cfg.resume_from} was trained with another model ({shown}). Use the "
+                "run's model overrides, or start a new run (init_from for a later stage)."
+            )
+
+
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     """CSV and TensorBoard always; Weights & Biases when ``wandb_project`` is set."""
     loggers = [
@@ -120,6 +156,8 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train, test and write ``run_dir/metrics.json`` and ``run_dir/checkpoints/last.ckpt``."""
     _validate(cfg)
+    if cfg.get("resume_from"):
+        _check_resume(cfg)
     run_dir = Path(run_dir)
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir / "run_info.json", run_info())
