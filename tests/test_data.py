@@ -144,3 +144,51 @@ def test_collated_batch_feeds_the_model(small_recordings):
                 query_timestamps=batch["query_timestamps"],
                 query_session_index=batch["query_session_index"])
     assert out.shape == batch["target"].shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("unsorted", "not sorted"), ("nonfinite", "NaN/Inf"),
+])
+def test_bad_spike_timestamps_are_named(small_recordings, tmp_path, defect, message):
+    root = tmp_path / "data"
+    shutil.copytree(small_recordings, root)
+    victim = sorted(root.glob("*.h5"))[0]
+    with h5py.File(victim, "a") as f:
+        ts = f["spikes/timestamps"]
+        ts[5] = ts[50] if defect == "unsorted" else np.inf
+    with pytest.raises(ValueError, match=f"{victim.name}.*spikes.timestamps.*{message}"):
+        RecordingDataset(root)
+
+
+def test_silent_windows_and_silent_units_give_finite_losses(small_recordings):
+    """A window without a single spike (and units that never fire) trains without NaN."""
+    from torch_brain.data import collate
+
+    from neurobridge.data import WindowIndex
+    from neurobridge.losses import masked_poisson_nll
+    from neurobridge.models import MaskedModel, NeuroBridgePOYO, TargetSequenceDecoder
+
+    dm = _datamodule(small_recordings)
+    rid = dm.dataset.recording_ids[0]
+    real = dm.dataset.get_recording(rid).slice(10.0, 11.0)
+    silent = real.slice(0.0, 1.0)
+    keep = np.zeros(len(silent.spikes.timestamps), dtype=bool)  # drop every spike
+    silent.spikes = silent.spikes.select_by_mask(keep)
+    samples = [dm.tokenizer(w, WindowIndex(rid, 10.0, 11.0, mask_seed=s, mode=m))
+               for s, (w, m) in enumerate([(silent, "neuron"), (silent, "temporal"),
+                                           (real, "inter_region")])]
+    assert len(samples[0]["encoder_inputs"]["input_unit_index"].obj) > 0  # start/end tokens only
+    batch = collate(samples)
+    enc = NeuroBridgePOYO(sequence_length=1.0, latent_step=0.125, num_latents_per_step=4, dim=16,
+                          depth=1, dim_head=8, cross_heads=1, self_heads=1)
+    enc.unit_emb.initialize_vocab(dm.unit_ids)
+    enc.session_emb.initialize_vocab(dm.session_ids)
+    model = MaskedModel(encoder=enc, decoder=TargetSequenceDecoder(dim=16, unit_emb_dim=16, dim_head=8))
+    pred = model(encoder_inputs=batch["encoder_inputs"], query_unit_index=batch["query_unit_index"],
+                 query_timestamps=batch["query_timestamps"],
+                 query_session_index=batch["query_session_index"])
+    loss = masked_poisson_nll(pred, batch["target"], batch["query_mask"])
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    assert float(batch["target"][0][batch["query_mask"][0]].sum()) == 0.0
