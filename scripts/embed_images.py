@@ -17,8 +17,6 @@ import argparse
 import sys
 import time
 
-import torch
-
 from neurobridge.alignment import (
     TINY_MODEL_NAME,
     build_clip_image_encoder,
@@ -52,12 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    torch.manual_seed(args.seed)
     encoder = build_clip_image_encoder(
         model_name=args.model_name,
         pretrained=args.pretrained,
         device=args.device,
         cache_dir=args.cache_dir,
+        seed=args.seed,
     )
     t0 = time.perf_counter()
     ids, embeddings = embed_image_source(encoder, source, batch_size=args.batch_size)

@@ -100,6 +100,7 @@ def build_clip_image_encoder(
     pretrained: str | None = None,
     device: str | torch.device = "cpu",
     cache_dir: str | None = None,
+    seed: int = 0,
 ) -> CLIPImageEncoder:
     """Build a frozen :class:`CLIPImageEncoder` from local weights only.
 
@@ -112,6 +113,8 @@ def build_clip_image_encoder(
         device: where the model lives.
         cache_dir: the open_clip / Hugging Face cache that holds tagged weights (open_clip's
             default cache when None).
+        seed: seed of the random weights when ``pretrained`` is None (the global torch random
+            state is left untouched), so every stage of a run embeds with the same network.
 
     A tag makes open_clip look for its weights on the Hugging Face Hub, which falls back to the
     cache after network retries; set ``HF_HUB_OFFLINE=1`` to go to the cache directly.
@@ -132,9 +135,11 @@ def build_clip_image_encoder(
             stacklevel=2,
         )
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, cache_dir=cache_dir
-        )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                model_name, pretrained=pretrained, device=device, cache_dir=cache_dir
+            )
     except Exception as err:
         if pretrained is None:
             raise

@@ -143,7 +143,8 @@ def image_embeddings(dm: StimulusDataModule, clip_cfg: dict) -> torch.Tensor:
     path = clip_cfg.get("embeddings")
     if path is None:
         source = open_image_source(dm.images)
-        key = f"{Path(dm.images).resolve()}|{len(source)}|{clip_cfg['model_name']}|{clip_cfg.get('pretrained')}"
+        weights = clip_cfg.get("pretrained") or "random-seed0"
+        key = f"{Path(dm.images).resolve()}|{len(source)}|{clip_cfg['model_name']}|{weights}"
         path = default_cache_dir() / "clip" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
         if not path.is_file():
             log.info("Embedding %d images of %s with CLIP %s", len(source), dm.images, clip_cfg["model_name"])
