@@ -150,3 +150,13 @@ def test_adapter_and_reconstruction_chain(visual_root, pretrained, tmp_path):
     with pytest.raises(ValueError, match="needs init_from=<checkpoint of task=align"):
         run(_cfg(["task=adapter", "data=recordings", f"data.root={visual_root}", *FAST,
                   f"init_from={pretrained}"]), tmp_path / "bad")
+
+
+def test_alignment_on_continuous_values_through_capoyo(tmp_path):
+    """The CaPOYO (MUA) path aligns too: the synthetic visual data with continuous values."""
+    root = tmp_path / "mua"
+    generate_synthetic_recordings(root, dataclasses.replace(VISUAL, modality="mua", n_sessions=1))
+    cfg = _cfg(["task=align", "data=synthetic_mua", "model=capoyo_small", "data.synthetic=null",
+                f"data.root={root}", *FAST, *ALIGN, "task.plots=false"])
+    metrics = run(cfg, tmp_path / "align")
+    assert 0 <= metrics["test/retrieval_top5"] <= 1 and metrics["test/retrieval_n_candidates"] > 1
