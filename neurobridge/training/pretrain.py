@@ -143,10 +143,18 @@ class MaskedPretraining(L.LightningModule):
 
     def _log_metrics(self, stage: str, whos: tuple[str, ...]) -> None:
         name = "co_bps" if self.is_spiking else "r2"
-        for key in self.metric_keys:
+        # Under DDP each rank may have scored only some modes (the evaluation windows are
+        # sharded), and computing a metric is a collective: every rank must compute the metrics
+        # that any rank updated.
+        updated = torch.tensor(
+            [self.metrics[k.replace("/", "__")].update_called for k in self.metric_keys],
+            device=self.device,
+        )
+        updated = self.all_gather(updated).reshape(-1, len(self.metric_keys)).any(dim=0)
+        for key, any_rank in zip(self.metric_keys, updated.tolist()):
             who, mode = key.split("/")
             metric = self.metrics[key.replace("/", "__")]
-            if who not in whos or not metric.update_called:
+            if who not in whos or not any_rank:
                 continue
             prefix = f"{stage}/{name}" if who == "model" else f"{stage}/{who}/{name}"
             self.log(prefix if mode == "all" else f"{prefix}/{mode}", metric.compute(),
