@@ -449,3 +449,41 @@ def test_script(tvsd_n, tmp_path, capsys):
     rc = module.main(["--monkey-dir", str(tmp_path / "monkeyN"), "--out", str(tmp_path)])
     assert rc == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_converted_tvsd_feeds_pretraining_and_alignment(tvsd_n, tmp_path):
+    """The README's TVSD overrides: CaPOYO pretraining on one trial per window, then alignment
+    against (stand-in) THINGS images stored under their image ids."""
+    from hydra import compose, initialize_config_dir
+    from PIL import Image
+
+    from neurobridge.training.run import run
+
+    images = tmp_path / "things"
+    rng = np.random.default_rng(0)
+    for image_id in set(np.asarray(tvsd_n["data"].stimulus_presentations.image_id).astype(str)):
+        (images / image_id).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(images / image_id)
+    common = [
+        "data=recordings", f"data.root={tvsd_n['paths'][0].parent}", "data.modality=values",
+        "data.value_key=mua.values", "model=capoyo_small", "model.encoder.sequence_length=0.3",
+        "model.encoder.latent_step=0.05", "model.encoder.num_latents_per_step=2",
+        "model.encoder.dim=16", "model.encoder.dim_head=8", "model.decoder.dim_head=8",
+        "data.bin_size=0.01", "data.batch_size=4", "trainer.max_steps=2",
+        "trainer.val_check_interval=2", "trainer.enable_progress_bar=false",
+    ]
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        pre = compose("config", overrides=[*common, "task.plots=false"])
+    metrics = run(pre, tmp_path / "pretrain")
+    assert np.isfinite(metrics["test/r2"])
+    with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
+        align = compose("config", overrides=[
+            *common, "task=align", "task.plots=false", "data.pre_onset=0.1",
+            "data.post_onset=0.2", f"data.images={images}", "task.readout.num_queries=2",
+            "task.readout.dim_head=8", "task.projector.hidden_dim=16",
+            f"init_from={tmp_path / 'pretrain' / 'checkpoints' / 'last.ckpt'}",
+        ])
+    metrics = run(align, tmp_path / "align")
+    n_test = len(set(tvsd_n["test_ids"]))
+    assert metrics["test/retrieval_n_candidates"] == n_test

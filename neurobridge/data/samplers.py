@@ -21,6 +21,19 @@ from neurobridge.data.tokenizer import WindowIndex
 __all__ = ["TrainWindowSampler", "EvalWindowSampler", "rank_world"]
 
 
+#: Windows are placed as if this much (seconds) shorter than nominal, so that an interval exactly
+#: one window long up to float rounding (a trial of back-to-back trial data: 5.1 - 4.8 < 0.3)
+#: still holds one; every window then gets its nominal length back.
+_SLACK = 1e-9
+
+
+def _fitted_start(start: float, interval: Interval, length: float) -> float:
+    """``start`` moved back, if needed, so that ``[start, start + length]`` ends inside the
+    sampling interval that contains ``start``."""
+    k = int(np.searchsorted(np.asarray(interval.start), start + 1e-6, side="right")) - 1
+    return min(start, float(interval.end[max(k, 0)]) - length)
+
+
 def rank_world() -> tuple[int, int]:
     """``(rank, world_size)`` of the initialised process group, ``(0, 1)`` without one."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -62,15 +75,19 @@ class TrainWindowSampler(torch.utils.data.Sampler):
     def _all_indices(self) -> list[WindowIndex]:
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         base = RandomFixedWindowSampler(
-            sampling_intervals=self.intervals, window_length=self.window_length, generator=gen
+            sampling_intervals=self.intervals,
+            window_length=self.window_length - _SLACK,
+            generator=gen,
         )
         rng = np.random.default_rng([self.seed, self.epoch])
         windows = list(base)
         seeds = rng.integers(0, 2**62, size=len(windows))
-        return [
-            WindowIndex(w.recording_id, w.start, w.end, mask_seed=int(s), max_queries=self.max_queries)
-            for w, s in zip(windows, seeds)
-        ]
+        out = []
+        for w, s in zip(windows, seeds):
+            start = _fitted_start(w.start, self.intervals[w.recording_id], self.window_length)
+            out.append(WindowIndex(w.recording_id, start, start + self.window_length,
+                                   mask_seed=int(s), max_queries=self.max_queries))
+        return out
 
     def __iter__(self) -> Iterator[WindowIndex]:
         rank, world = rank_world()
@@ -79,7 +96,7 @@ class TrainWindowSampler(torch.utils.data.Sampler):
     def __len__(self) -> int:
         rank, world = rank_world()
         n = len(RandomFixedWindowSampler(
-            sampling_intervals=self.intervals, window_length=self.window_length
+            sampling_intervals=self.intervals, window_length=self.window_length - _SLACK
         ))
         return len(range(rank, n, world))
 
@@ -111,21 +128,27 @@ class EvalWindowSampler(torch.utils.data.Sampler):
         max_windows: int | None = None,
         mask_patterns: int = 8,
     ):
-        windows = list(
-            SequentialFixedWindowSampler(sampling_intervals=intervals, window_length=window_length)
-        )
+        windows, seen = [], set()
+        for w in SequentialFixedWindowSampler(
+            sampling_intervals=intervals, window_length=window_length - _SLACK
+        ):
+            start = _fitted_start(w.start, intervals[w.recording_id], window_length)
+            key = (w.recording_id, round(start, 6))  # the slack can add a near-duplicate window
+            if key not in seen:
+                seen.add(key)
+                windows.append((w.recording_id, start))
         if max_windows is not None and len(windows) > max_windows:
             keep = np.linspace(0, len(windows) - 1, max_windows).round().astype(int)
             windows = [windows[i] for i in keep]
         ordinal: dict[str, int] = {}
         self.indices = []
-        for w in windows:
-            pattern = ordinal.get(w.recording_id, 0) % mask_patterns
-            ordinal[w.recording_id] = ordinal.get(w.recording_id, 0) + 1
+        for rid, start in windows:
+            pattern = ordinal.get(rid, 0) % mask_patterns
+            ordinal[rid] = ordinal.get(rid, 0) + 1
             for mode in modes:
-                key = f"{seed}|{w.recording_id}|{mode}|{pattern}"
+                key = f"{seed}|{rid}|{mode}|{pattern}"
                 self.indices.append(
-                    WindowIndex(w.recording_id, w.start, w.end,
+                    WindowIndex(rid, start, start + window_length,
                                 mask_seed=zlib.crc32(key.encode()), mode=mode)
                 )
 
