@@ -130,19 +130,27 @@ def test_out_of_range_unit_index_is_named(small_recordings, tmp_path):
         RecordingDataset(root)
 
 
-def test_collated_batch_feeds_the_model(small_recordings):
+def _tiny_model(dm):
     from neurobridge.models import MaskedModel, NeuroBridgePOYO, TargetSequenceDecoder
 
-    dm = _datamodule(small_recordings)
     enc = NeuroBridgePOYO(sequence_length=1.0, latent_step=0.125, num_latents_per_step=4, dim=16,
                           depth=1, dim_head=8, cross_heads=1, self_heads=1)
     enc.unit_emb.initialize_vocab(dm.unit_ids)
     enc.session_emb.initialize_vocab(dm.session_ids)
-    model = MaskedModel(encoder=enc, decoder=TargetSequenceDecoder(dim=16, unit_emb_dim=16, dim_head=8))
+    return MaskedModel(encoder=enc, decoder=TargetSequenceDecoder(dim=16, unit_emb_dim=16, dim_head=8))
+
+
+def _predict(model, batch):
+    return model(encoder_inputs=batch["encoder_inputs"], query_unit_index=batch["query_unit_index"],
+                 query_timestamps=batch["query_timestamps"],
+                 query_session_index=batch["query_session_index"])
+
+
+def test_collated_batch_feeds_the_model(small_recordings):
+    dm = _datamodule(small_recordings)
+    model = _tiny_model(dm)
     batch = next(iter(dm.train_dataloader()))
-    out = model(encoder_inputs=batch["encoder_inputs"], query_unit_index=batch["query_unit_index"],
-                query_timestamps=batch["query_timestamps"],
-                query_session_index=batch["query_session_index"])
+    out = _predict(model, batch)
     assert out.shape == batch["target"].shape and torch.isfinite(out).all()
 
 
@@ -166,7 +174,6 @@ def test_silent_windows_and_silent_units_give_finite_losses(small_recordings):
 
     from neurobridge.data import WindowIndex
     from neurobridge.losses import masked_poisson_nll
-    from neurobridge.models import MaskedModel, NeuroBridgePOYO, TargetSequenceDecoder
 
     dm = _datamodule(small_recordings)
     rid = dm.dataset.recording_ids[0]
@@ -179,14 +186,8 @@ def test_silent_windows_and_silent_units_give_finite_losses(small_recordings):
                                            (real, "inter_region")])]
     assert len(samples[0]["encoder_inputs"]["input_unit_index"].obj) > 0  # start/end tokens only
     batch = collate(samples)
-    enc = NeuroBridgePOYO(sequence_length=1.0, latent_step=0.125, num_latents_per_step=4, dim=16,
-                          depth=1, dim_head=8, cross_heads=1, self_heads=1)
-    enc.unit_emb.initialize_vocab(dm.unit_ids)
-    enc.session_emb.initialize_vocab(dm.session_ids)
-    model = MaskedModel(encoder=enc, decoder=TargetSequenceDecoder(dim=16, unit_emb_dim=16, dim_head=8))
-    pred = model(encoder_inputs=batch["encoder_inputs"], query_unit_index=batch["query_unit_index"],
-                 query_timestamps=batch["query_timestamps"],
-                 query_session_index=batch["query_session_index"])
+    model = _tiny_model(dm)
+    pred = _predict(model, batch)
     loss = masked_poisson_nll(pred, batch["target"], batch["query_mask"])
     assert torch.isfinite(loss)
     loss.backward()
