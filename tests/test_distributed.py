@@ -23,8 +23,10 @@ def test_ddp_evaluation_equals_a_single_process_run(small_recordings, tmp_path):
     ckpt = tmp_path / "single" / "checkpoints" / "last.ckpt"
     # resuming a finished run trains nothing and re-tests the same weights, here on 2 ranks
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(TRAIN), *base, f"resume_from={ckpt}", "trainer.strategy=ddp",
-           "trainer.devices=2", f"hydra.run.dir={tmp_path / 'ddp'}"]
+    cmd = [sys.executable, str(TRAIN), *base, f"resume_from={ckpt}", "trainer=ddp",
+           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
+           "data.num_workers=0", "trainer.enable_progress_bar=false",
+           f"hydra.run.dir={tmp_path / 'ddp'}"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
