@@ -137,6 +137,11 @@ def test_adapter_and_reconstruction_chain(visual_root, pretrained, tmp_path):
     aligned, adapter, diffusion, _ = load_adapter(adapter_ckpt)
     cond = adapter.conditioning(torch.randn(3, aligned.projector.out_dim))
     assert cond["encoder_hidden_states"].shape == (3, 4, diffusion.unet.config.cross_attention_dim)
+    # an adapter checkpoint also restores its aligned model for further alignment
+    module, _ = build_alignment(_align_cfg(visual_root, f"init_from={adapter_ckpt}"))
+    for k, v in _tensors(aligned).items():
+        torch.testing.assert_close(_tensors(module.model)[k], v, rtol=0, atol=0)
+    assert "diffusion" not in module.model_config
 
     out = tmp_path / "reconstruct"
     metrics = run(_cfg(["task=reconstruct", "data=recordings", f"data.root={visual_root}", *FAST,

@@ -198,9 +198,9 @@ def _check_vocab(model: MaskedModel, dm: NeuralDataModule, path: str) -> None:
 def build_alignment(cfg: DictConfig) -> tuple[AlignmentTraining, StimulusDataModule]:
     """Data module and LightningModule for ``task=align`` and ``task=finetune``.
 
-    ``init_from`` names a pretraining checkpoint (new readout + projector), an alignment
-    checkpoint (everything restored, e.g. ``finetune`` after ``align``), or is null: a randomly
-    initialised encoder, the control that shows what pretraining brings.
+    ``init_from`` names a pretraining checkpoint (new readout + projector), an alignment or
+    adapter checkpoint (the aligned model restored, e.g. ``finetune`` after ``align``), or is
+    null: a randomly initialised encoder, the control that shows what pretraining brings.
     """
     task = cfg.task
     dm = build_datamodule(cfg, stimulus=True)
@@ -210,8 +210,9 @@ def build_alignment(cfg: DictConfig) -> tuple[AlignmentTraining, StimulusDataMod
         embeddings = center_embeddings(embeddings, _split_rows(dm)["train"])
     init_from = cfg.get("init_from")
     kind = read_checkpoint_kind(init_from) if init_from else None
-    if kind == "alignment":
+    if kind in ("alignment", "adapter"):  # an aligned model (an adapter checkpoint holds one)
         model, model_config = load_alignment_model(init_from, with_config=True)
+        model_config = {k: v for k, v in model_config.items() if k not in ("adapter", "diffusion")}
         if model.projector.out_dim != embeddings.shape[1]:
             raise ValueError(
                 f"{init_from}: the projector outputs {model.projector.out_dim}-d embeddings but "
