@@ -165,3 +165,22 @@ def test_alignment_on_continuous_values_through_capoyo(tmp_path):
                 f"data.root={root}", *FAST, *ALIGN, "task.plots=false"])
     metrics = run(cfg, tmp_path / "align")
     assert 0 <= metrics["test/retrieval_top5"] <= 1 and metrics["test/retrieval_n_candidates"] > 1
+
+
+def test_clip_dimension_must_match_the_aligned_projector(visual_root, pretrained, tmp_path):
+    """Continuing from an aligned checkpoint with a CLIP model of another width is rejected at
+    start-up, naming both widths."""
+    import open_clip
+
+    from neurobridge.alignment.clip import TINY_MODEL_NAME
+
+    cfg_dir = tmp_path / "clip_configs"
+    cfg_dir.mkdir()
+    tiny = open_clip.get_model_config(TINY_MODEL_NAME)
+    (cfg_dir / "nb-test-tiny-16.json").write_text(json.dumps({**tiny, "embed_dim": 16}))
+    open_clip.add_model_config(cfg_dir)
+    run(_align_cfg(visual_root, f"init_from={pretrained}"), tmp_path / "align")
+    ckpt = tmp_path / "align" / "checkpoints" / "last.ckpt"
+    with pytest.raises(ValueError, match=r"outputs 32-d embeddings but .*nb-test-tiny-16.* 16-d"):
+        build_alignment(_align_cfg(visual_root, f"init_from={ckpt}",
+                                   "task.clip.model_name=nb-test-tiny-16"))
