@@ -193,3 +193,31 @@ def test_silent_windows_and_silent_units_give_finite_losses(small_recordings):
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     assert float(batch["target"][0][batch["query_mask"][0]].sum()) == 0.0
+
+
+@pytest.mark.parametrize("weighting, expected_ratio", [
+    ("proportional", 4.0), ("uniform", 1.0), ("sqrt", 2.0),
+])
+def test_recording_weighting_shares_training_windows(weighting, expected_ratio):
+    """Recording a has 4x the time of recording b: windows per epoch follow the rule, the epoch
+    length does not change, and every window lies in its recording's intervals."""
+    from temporaldata import Interval
+
+    from neurobridge.data import TrainWindowSampler
+
+    intervals = {"a": Interval(np.array([0.0]), np.array([400.0])),
+                 "b": Interval(np.array([0.0]), np.array([100.0]))}
+    sampler = TrainWindowSampler(intervals=intervals, window_length=1.0, seed=3,
+                                 recording_weighting=weighting)
+    windows = list(sampler)
+    assert len(windows) == len(sampler) == 500
+    n_a = sum(w.recording_id == "a" for w in windows)
+    n_b = len(windows) - n_a
+    assert n_a / n_b == pytest.approx(expected_ratio, rel=0.02)
+    for w in windows:
+        iv = intervals[w.recording_id]
+        assert iv.start[0] <= w.start and w.end <= iv.end[0] + 1e-9
+    with pytest.raises(ValueError, match="recording_weighting must be one of"):
+        TrainWindowSampler(intervals=intervals, window_length=1.0, recording_weighting="square")
+    with pytest.raises(ValueError, match="recording_weighting must be one of"):
+        NeuralDataModule(root="unused", recording_weighting="square")

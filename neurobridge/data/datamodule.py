@@ -13,7 +13,7 @@ from torch_brain.data import collate
 
 from neurobridge.data.binning import bin_spikes
 from neurobridge.data.dataset import RecordingDataset
-from neurobridge.data.samplers import EvalWindowSampler, TrainWindowSampler
+from neurobridge.data.samplers import RECORDING_WEIGHTINGS, EvalWindowSampler, TrainWindowSampler
 from neurobridge.data.stimuli import (
     STIMULUS_KEY,
     StimulusWindowSampler,
@@ -55,6 +55,9 @@ class NeuralDataModule(L.LightningDataModule):
         max_val_windows: cap on validation windows (test always uses all windows).
         train_max_queries: decode at most this many masked cells per training window
             (``None``: all). Evaluation always decodes every masked cell.
+        recording_weighting: how training windows are shared between recordings:
+            ``"proportional"`` to recorded time, ``"uniform"``, or ``"sqrt"`` (see
+            :class:`~neurobridge.data.samplers.TrainWindowSampler`).
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class NeuralDataModule(L.LightningDataModule):
         eval_modes: Sequence[str] = MASKING_MODES,
         max_val_windows: int | None = 64,
         train_max_queries: int | None = 384,
+        recording_weighting: str = "proportional",
     ):
         super().__init__()
         if root is None and synthetic is None:
@@ -85,6 +89,11 @@ class NeuralDataModule(L.LightningDataModule):
         bad = set(eval_modes) - set(MASKING_MODES)
         if bad:
             raise ValueError(f"data.eval_modes has unknown modes {sorted(bad)}; valid: {list(MASKING_MODES)}.")
+        if recording_weighting not in RECORDING_WEIGHTINGS:
+            raise ValueError(
+                f"data.recording_weighting must be one of {list(RECORDING_WEIGHTINGS)}, got "
+                f"{recording_weighting!r}."
+            )
         self.root = root
         self.synthetic = dict(synthetic) if synthetic is not None else None
         self.modality = modality
@@ -101,6 +110,7 @@ class NeuralDataModule(L.LightningDataModule):
         self.eval_modes = list(eval_modes)
         self.max_val_windows = max_val_windows
         self.train_max_queries = train_max_queries
+        self.recording_weighting = recording_weighting
         self.dataset: RecordingDataset | None = None
 
     # ----------------------------------------------------------------- setup
@@ -158,6 +168,7 @@ class NeuralDataModule(L.LightningDataModule):
             window_length=self.sequence_length,
             seed=self.seed,
             max_queries=self.train_max_queries,
+            recording_weighting=self.recording_weighting,
         )
         return self._loader(sampler, self.batch_size)
 

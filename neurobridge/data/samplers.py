@@ -18,7 +18,10 @@ from torch_brain.data.sampler import RandomFixedWindowSampler, SequentialFixedWi
 
 from neurobridge.data.tokenizer import WindowIndex
 
-__all__ = ["TrainWindowSampler", "EvalWindowSampler", "rank_world"]
+__all__ = ["RECORDING_WEIGHTINGS", "TrainWindowSampler", "EvalWindowSampler", "rank_world"]
+
+#: How training windows are shared between recordings (see :class:`TrainWindowSampler`).
+RECORDING_WEIGHTINGS = ("proportional", "uniform", "sqrt")
 
 
 #: Windows are placed as if this much (seconds) shorter than nominal, so that an interval exactly
@@ -48,11 +51,18 @@ class TrainWindowSampler(torch.utils.data.Sampler):
     epoch boundary sees exactly the samples of an uninterrupted one. Lightning calls
     :meth:`set_epoch` before each epoch.
 
+    Sharing between recordings: an epoch has as many windows as tile the intervals once
+    (``N`` in total, ``n_r`` from recording ``r``). ``"proportional"`` keeps them (each recording
+    in proportion to its recorded time); ``"uniform"`` gives every recording ``N / R`` windows and
+    ``"sqrt"`` gives recording ``r`` a share ``sqrt(n_r) / sum sqrt(n)``, by drawing that many of
+    its windows (with replacement only where a recording has fewer windows than its share).
+
     Args:
         intervals: ``{recording_id: Interval}`` to draw windows from.
         window_length: window length in seconds.
         seed: base seed.
         max_queries: cap on decoded masked cells per window (see :class:`WindowIndex`).
+        recording_weighting: one of :data:`RECORDING_WEIGHTINGS`.
     """
 
     def __init__(
@@ -62,11 +72,18 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         window_length: float,
         seed: int = 0,
         max_queries: int | None = None,
+        recording_weighting: str = "proportional",
     ):
+        if recording_weighting not in RECORDING_WEIGHTINGS:
+            raise ValueError(
+                f"data.recording_weighting must be one of {list(RECORDING_WEIGHTINGS)}, got "
+                f"{recording_weighting!r}."
+            )
         self.intervals = intervals
         self.window_length = window_length
         self.seed = seed
         self.max_queries = max_queries
+        self.recording_weighting = recording_weighting
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -80,7 +97,7 @@ class TrainWindowSampler(torch.utils.data.Sampler):
             generator=gen,
         )
         rng = np.random.default_rng([self.seed, self.epoch])
-        windows = list(base)
+        windows = self._reweighted(list(base), rng)
         seeds = rng.integers(0, 2**62, size=len(windows))
         out = []
         for w, s in zip(windows, seeds):
@@ -88,6 +105,26 @@ class TrainWindowSampler(torch.utils.data.Sampler):
             out.append(WindowIndex(w.recording_id, start, start + self.window_length,
                                    mask_seed=int(s), max_queries=self.max_queries))
         return out
+
+    def _reweighted(self, windows: list, rng: np.random.Generator) -> list:
+        """The epoch's windows shared between recordings by :attr:`recording_weighting`."""
+        if self.recording_weighting == "proportional":
+            return windows
+        by_rec: dict[str, list] = {}
+        for w in windows:
+            by_rec.setdefault(w.recording_id, []).append(w)
+        rids = sorted(by_rec)
+        n = np.array([len(by_rec[r]) for r in rids], dtype=np.float64)
+        weight = np.ones_like(n) if self.recording_weighting == "uniform" else np.sqrt(n)
+        share = weight / weight.sum() * len(windows)
+        counts = np.floor(share).astype(int)
+        counts[np.argsort(counts - share)[: len(windows) - counts.sum()]] += 1  # largest remainders
+        out = []
+        for rid, k in zip(rids, counts):
+            pool = by_rec[rid]
+            pick = rng.choice(len(pool), size=k, replace=k > len(pool))
+            out.extend(pool[i] for i in pick)
+        return [out[i] for i in rng.permutation(len(out))]
 
     def __iter__(self) -> Iterator[WindowIndex]:
         rank, world = rank_world()
