@@ -13,7 +13,11 @@ from torch_brain.data import collate
 
 from neurobridge.data.binning import bin_spikes
 from neurobridge.data.dataset import RecordingDataset
-from neurobridge.data.samplers import RECORDING_WEIGHTINGS, EvalWindowSampler, TrainWindowSampler
+from neurobridge.data.samplers import (
+    EvalWindowSampler,
+    TrainWindowSampler,
+    check_recording_weighting,
+)
 from neurobridge.data.stimuli import (
     STIMULUS_KEY,
     StimulusWindowSampler,
@@ -89,11 +93,7 @@ class NeuralDataModule(L.LightningDataModule):
         bad = set(eval_modes) - set(MASKING_MODES)
         if bad:
             raise ValueError(f"data.eval_modes has unknown modes {sorted(bad)}; valid: {list(MASKING_MODES)}.")
-        if recording_weighting not in RECORDING_WEIGHTINGS:
-            raise ValueError(
-                f"data.recording_weighting must be one of {list(RECORDING_WEIGHTINGS)}, got "
-                f"{recording_weighting!r}."
-            )
+        check_recording_weighting(recording_weighting)
         self.root = root
         self.synthetic = dict(synthetic) if synthetic is not None else None
         self.modality = modality
@@ -212,7 +212,8 @@ class StimulusDataModule(NeuralDataModule):
 
     Takes every argument of :class:`NeuralDataModule` plus the ones below. After :meth:`setup`,
     :attr:`image_ids` lists every image used by a window (the rows of the image table) and
-    :attr:`split_image_ids` the disjoint per-split sets; set :attr:`tokenizer` to a
+    :attr:`split_image_ids` the disjoint per-split sets and :attr:`image_rows` maps an id to its
+    row; set :attr:`tokenizer` to a
     :class:`~neurobridge.data.stimuli.StimulusTokenizer` before asking for a dataloader.
 
     Args:
@@ -264,8 +265,11 @@ class StimulusDataModule(NeuralDataModule):
         )
         self.split_image_ids = self.stimulus.image_ids
         self.image_ids = [i for split in ("train", "valid", "test") for i in self.split_image_ids[split]]
+        self.image_rows = {image_id: row for row, image_id in enumerate(self.image_ids)}
         if self.images is None:
-            self.images = str(root / "images")
+            from neurobridge.data.synthetic import IMAGE_FOLDER
+
+            self.images = str(root / IMAGE_FOLDER)
 
     def stimulus_sampler(self, split: str) -> StimulusWindowSampler:
         return StimulusWindowSampler(

@@ -18,10 +18,24 @@ from torch_brain.data.sampler import RandomFixedWindowSampler, SequentialFixedWi
 
 from neurobridge.data.tokenizer import WindowIndex
 
-__all__ = ["RECORDING_WEIGHTINGS", "TrainWindowSampler", "EvalWindowSampler", "rank_world"]
+__all__ = [
+    "RECORDING_WEIGHTINGS",
+    "TrainWindowSampler",
+    "EvalWindowSampler",
+    "check_recording_weighting",
+    "rank_world",
+]
 
 #: How training windows are shared between recordings (see :class:`TrainWindowSampler`).
 RECORDING_WEIGHTINGS = ("proportional", "uniform", "sqrt")
+
+
+def check_recording_weighting(value: str) -> None:
+    """Raise a ValueError listing the valid choices unless ``value`` is one of them."""
+    if value not in RECORDING_WEIGHTINGS:
+        raise ValueError(
+            f"data.recording_weighting must be one of {list(RECORDING_WEIGHTINGS)}, got {value!r}."
+        )
 
 
 #: Windows are placed as if this much (seconds) shorter than nominal, so that an interval exactly
@@ -74,11 +88,7 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         max_queries: int | None = None,
         recording_weighting: str = "proportional",
     ):
-        if recording_weighting not in RECORDING_WEIGHTINGS:
-            raise ValueError(
-                f"data.recording_weighting must be one of {list(RECORDING_WEIGHTINGS)}, got "
-                f"{recording_weighting!r}."
-            )
+        check_recording_weighting(recording_weighting)
         self.intervals = intervals
         self.window_length = window_length
         self.seed = seed

@@ -52,6 +52,11 @@ class DiffusionComponents:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def image_size(self) -> int:
+        """Height and width in pixels the UNet is built for (``sample_size * vae_scale_factor``)."""
+        return self.unet.config.sample_size * self.vae_scale_factor
+
+    @property
     def latent_scaling(self) -> float:
         """``vae.config.scaling_factor``: latents are multiplied by it after encoding."""
         return float(self.vae.config.scaling_factor)
@@ -335,7 +340,7 @@ def generate(
         guidance_scale: ``uncond + scale * (cond - uncond)``; ``<= 1`` disables guidance
             (plain conditional prediction).
         generator: random generator of the initial latents (drawn on its device).
-        height, width: image size; default ``unet.config.sample_size * vae_scale_factor``.
+        height, width: image size; default ``components.image_size``.
 
     Returns:
         ``[B, 3, height, width]`` float32 images in ``[0, 1]``.
@@ -351,9 +356,8 @@ def generate(
         )
     unet = components.unet
     factor = components.vae_scale_factor
-    default_size = unet.config.sample_size * factor
-    height = default_size if height is None else height
-    width = default_size if width is None else width
+    height = components.image_size if height is None else height
+    width = components.image_size if width is None else width
     if height % factor or width % factor:
         raise ValueError(
             f"height and width must be multiples of the VAE factor {factor}, got "

@@ -178,10 +178,6 @@ def _split_rows(dm: StimulusDataModule) -> dict[str, tuple[int, int]]:
     return rows
 
 
-def _image_rows(dm: StimulusDataModule) -> dict[str, int]:
-    return {image_id: row for row, image_id in enumerate(dm.image_ids)}
-
-
 def _check_vocab(model: MaskedModel, dm: NeuralDataModule, path: str) -> None:
     known_units = set(model.encoder.unit_emb.vocab)
     missing = [u for u in dm.unit_ids if u not in known_units]
@@ -248,7 +244,7 @@ def build_alignment(cfg: DictConfig) -> tuple[AlignmentTraining, StimulusDataMod
         _check_vocab(model.masked_model, dm, init_from)
     dm.tokenizer = StimulusTokenizer(
         build_tokenizer(cfg, model.encoder, dm),
-        _image_rows(dm),
+        dm.image_rows,
         masked_view=float(task.recon_weight) > 0,
     )
     module = AlignmentTraining(
@@ -294,11 +290,10 @@ def build_adapter(cfg: DictConfig) -> tuple[AdapterTraining, StimulusDataModule]
     }
     dm = build_datamodule(cfg, stimulus=True)
     _check_vocab(aligned.masked_model, dm, init_from)
-    size = diffusion.unet.config.sample_size * diffusion.vae_scale_factor
     dm.tokenizer = StimulusTokenizer(
         build_tokenizer(cfg, aligned.encoder, dm),
-        _image_rows(dm),
-        pixels=ImagePixels(open_image_source(dm.images), size),
+        dm.image_rows,
+        pixels=ImagePixels(open_image_source(dm.images), diffusion.image_size),
     )
     module = AdapterTraining(
         aligned=aligned,

@@ -148,8 +148,7 @@ def load_masked_model(
               "adapter": "aligned.masked_model."}[kind]
     cfg = {k: meta["model"][k] for k in ("encoder", "decoder", "mode_prompt") if k in meta["model"]}
     model = _masked_model(cfg, path)
-    state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    _load_state(model, state, path)
+    _load_state(model, _with_prefix(ckpt["state_dict"], prefix), path)
     model.eval()
     return (model, cfg) if with_config else model
 

@@ -49,7 +49,7 @@ def run_reconstruction(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]
     dm = build_datamodule(cfg, stimulus=True)
     dm.tokenizer = StimulusTokenizer(
         build_tokenizer(cfg, aligned.encoder, dm),
-        {image_id: row for row, image_id in enumerate(dm.image_ids)},
+        dm.image_rows,
     )
     ids, neural = mean_test_embeddings(aligned, dm, device)
     pick = np.unique(np.linspace(0, len(ids) - 1, min(int(task.max_images), len(ids))).round().astype(int))
@@ -57,7 +57,7 @@ def run_reconstruction(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]
     if len(ids) < 2:
         raise ValueError(f"The test split has {len(ids)} distinct image(s); 2-way needs at least 2.")
 
-    size = diffusion.unet.config.sample_size * diffusion.vae_scale_factor
+    size = diffusion.image_size
     pixels = ImagePixels(open_image_source(dm.images), size)
     truth = torch.as_tensor(np.stack([pixels(i) for i in ids]), device=device)
     with torch.no_grad():
