@@ -167,3 +167,37 @@ def test_mode_prompt_changes_the_output_only_when_enabled():
     assert not torch.allclose(a, b)
     with pytest.raises(ValueError, match="mode_index"):
         prompted(encoder_inputs=inputs, **queries)
+
+
+def _duplicated(inputs):
+    """Every token twice (same unit, time and type): twice the spike count everywhere."""
+    dup = dict(inputs)
+    for key in ("input_unit_index", "input_timestamps", "input_token_type", "input_mask"):
+        dup[key] = torch.cat((inputs[key], inputs[key]), dim=1)
+    return dup
+
+
+def test_anchor_tokens_make_the_encoding_depend_on_spike_counts():
+    torch.manual_seed(0)
+    inputs = _spike_inputs()
+    plain = _vocab(NeuroBridgePOYO(**KW)).eval()
+    # softmax cross-attention cannot tell a window from one where every spike is doubled ...
+    assert torch.allclose(plain.encode(**inputs), plain.encode(**_duplicated(inputs)), atol=1e-5)
+    anchored = _vocab(NeuroBridgePOYO(anchor_tokens=True, **KW)).eval()
+    anchored.load_state_dict(plain.state_dict(), strict=False)
+    # ... with anchor tokens it can
+    diff = (anchored.encode(**inputs) - anchored.encode(**_duplicated(inputs))).abs().max()
+    assert diff > 1e-3
+    assert set(anchored.state_dict()) - set(plain.state_dict()) == {"anchor_emb"}
+
+
+def test_anchor_tokens_leave_forward_as_upstream():
+    torch.manual_seed(0)
+    spec = MODALITY_REGISTRY["cursor_velocity_2d"]
+    upstream = _vocab(POYO(readout_spec=spec, **KW)).eval()
+    ours = _vocab(NeuroBridgePOYO(readout_spec=spec, anchor_tokens=True, **KW)).eval()
+    ours.load_state_dict(upstream.state_dict(), strict=False)
+    inputs = _spike_inputs()
+    out_kwargs = dict(inputs, output_session_index=torch.ones(3, 5, dtype=torch.long),
+                      output_timestamps=torch.rand(3, 5), output_mask=torch.ones(3, 5, dtype=torch.bool))
+    assert torch.equal(upstream(**out_kwargs), ours(**out_kwargs))

@@ -68,6 +68,10 @@ class _EncoderMixin:
         latent_prompt: Tensor | None,
     ) -> Tensor:
         """Cross-attend latents to embedded tokens ``[batch, n_in, dim]``, then self-attend."""
+        if self.anchor_emb is not None:
+            inputs, input_timestamps, input_mask = self._append_anchors(
+                inputs, input_timestamps, input_mask, latent_timestamps
+            )
         input_timestamp_emb = self.rotary_emb(input_timestamps)
         latents = self.latent_emb(latent_index)
         if latent_prompt is not None:
@@ -81,6 +85,31 @@ class _EncoderMixin:
             latents = latents + self.dropout(self_attn(latents, latent_timestamp_emb))
             latents = latents + self.dropout(self_ff(latents))
         return latents
+
+    def _init_anchors(self, anchor_tokens: bool) -> None:
+        self.anchor_emb = (
+            torch.nn.Parameter(torch.randn(self.dim) * self.dim**-0.5) if anchor_tokens else None
+        )
+
+    def _append_anchors(
+        self, inputs: Tensor, input_timestamps: Tensor, input_mask: Tensor | None,
+        latent_timestamps: Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Append one anchor token per latent time: ``[batch, n_in + n_latent, ...]``.
+
+        Softmax cross-attention normalises over the tokens a latent attends to, so a window
+        where every unit fires twice as often gives the same weighted average. An anchor (a
+        learned, unit-free token at each latent's time) is a fixed reference mass: the share
+        of attention left for the spike tokens then grows with how many spikes lie near the
+        latent, which keeps spike counts visible to the encoder.
+        """
+        b, n_latent = latent_timestamps.shape
+        anchors = self.anchor_emb.to(inputs.dtype).expand(b, n_latent, -1)
+        inputs = torch.cat((inputs, anchors), dim=1)
+        input_timestamps = torch.cat((input_timestamps, latent_timestamps), dim=1)
+        if input_mask is not None:
+            input_mask = torch.cat((input_mask, input_mask.new_ones(b, n_latent)), dim=1)
+        return inputs, input_timestamps, input_mask
 
 
 def _check_vocab(model: POYO | CaPOYO) -> None:
@@ -98,13 +127,19 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
     Args:
         readout_spec: as upstream; ``None`` builds an encoder without the upstream output
             decoder (``forward()`` then raises, ``encode()`` works).
+        anchor_tokens: ``encode()`` appends one learned anchor token per latent time to the
+            inputs, so the cross-attention sees spike counts, not only their composition
+            (off: upstream's encoding). ``forward()`` never uses them.
         **kwargs: the upstream :class:`torch_brain.models.POYO` arguments.
     """
 
-    def __init__(self, *, readout_spec: ModalitySpec | None = None, **kwargs):
+    def __init__(
+        self, *, readout_spec: ModalitySpec | None = None, anchor_tokens: bool = False, **kwargs
+    ):
         has_head = readout_spec is not None
         super().__init__(readout_spec=readout_spec or _placeholder_spec(), **kwargs)
         self.has_upstream_head = has_head
+        self._init_anchors(anchor_tokens)
         if not has_head:
             self.readout_spec = None
             _drop_upstream_head(self)
@@ -151,10 +186,17 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
     Args:
         readout_specs: as upstream; ``None`` builds an encoder without the upstream output
             decoder, readout and task embedding.
+        anchor_tokens: as for :class:`NeuroBridgePOYO`.
         **kwargs: the upstream :class:`torch_brain.models.CaPOYO` arguments.
     """
 
-    def __init__(self, *, readout_specs: dict[str, ModalitySpec] | None = None, **kwargs):
+    def __init__(
+        self,
+        *,
+        readout_specs: dict[str, ModalitySpec] | None = None,
+        anchor_tokens: bool = False,
+        **kwargs,
+    ):
         has_head = readout_specs is not None
         if has_head:
             super().__init__(readout_specs=readout_specs, **kwargs)
@@ -163,6 +205,7 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
             self.readout_specs = None
             _drop_upstream_head(self, extra=("task_emb",))
         self.has_upstream_head = has_head
+        self._init_anchors(anchor_tokens)
 
     def encode(
         self,
