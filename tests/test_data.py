@@ -221,3 +221,19 @@ def test_recording_weighting_shares_training_windows(weighting, expected_ratio):
         TrainWindowSampler(intervals=intervals, window_length=1.0, recording_weighting="square")
     with pytest.raises(ValueError, match="recording_weighting must be one of"):
         NeuralDataModule(root="unused", recording_weighting="square")
+
+
+def test_eval_windows_skip_intervals_shorter_than_a_window():
+    """Presentation-long test pieces (e.g. Allen's 250 ms scenes) hold no 1 s window: they are
+    skipped, longer blocks are still tiled, and a split with no long-enough piece is an error."""
+    from temporaldata import Interval
+
+    from neurobridge.data import EvalWindowSampler
+
+    mixed = {"a": Interval(np.array([0.0, 5.0, 10.0]), np.array([0.25, 7.0, 10.25]))}
+    sampler = EvalWindowSampler(intervals=mixed, window_length=1.0, modes=["neuron"])
+    starts = sorted(w.start for w in sampler)
+    assert starts == pytest.approx([5.0, 6.0])
+    short = {"a": Interval(np.array([0.0, 1.0]), np.array([0.25, 1.25]))}
+    with pytest.raises(ValueError, match=r"holds a 1.0 s window.*sequence_length"):
+        EvalWindowSampler(intervals=short, window_length=1.0, modes=["neuron"])

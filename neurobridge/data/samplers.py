@@ -175,9 +175,19 @@ class EvalWindowSampler(torch.utils.data.Sampler):
         max_windows: int | None = None,
         mask_patterns: int = 8,
     ):
+        longest = max(
+            (float(np.max(iv.end - iv.start)) for iv in intervals.values() if len(iv)), default=0.0
+        )
+        if longest < window_length - _SLACK:
+            raise ValueError(
+                f"No evaluation interval of {sorted(intervals)} holds a {window_length} s window "
+                f"(the longest is {longest:.3f} s): use a shorter window "
+                "(model.encoder.sequence_length) or longer valid/test blocks in the recordings."
+            )
         windows, seen = [], set()
+        # intervals shorter than a window (e.g. one 250 ms presentation) hold no window
         for w in SequentialFixedWindowSampler(
-            sampling_intervals=intervals, window_length=window_length - _SLACK
+            sampling_intervals=intervals, window_length=window_length - _SLACK, drop_short=True
         ):
             start = _fitted_start(w.start, intervals[w.recording_id], window_length)
             key = (w.recording_id, round(start, 6))  # the slack can add a near-duplicate window

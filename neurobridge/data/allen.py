@@ -1,0 +1,850 @@
+"""Allen Brain Observatory Visual Coding Neuropixels sessions to NeuroBridge recordings.
+
+Layout read: the NWB 2 files of the AllenSDK cache, one per session, read with pynwb (the
+``allen`` extra: ``pip install "neurobridge[allen]"``)::
+
+    <cache>/session_<id>/session_<id>.nwb
+        units                     one row per sorted unit; id = the Allen unit id
+            spike_times           ragged column: the unit's spike times (s)
+            peak_channel_id       id (row id of 'electrodes') of the unit's peak channel
+            amplitude_cutoff, presence_ratio, isi_violations, snr, firing_rate   float
+            quality               str, "good" for units passing the Allen curation
+        electrodes                one row per channel; row id = the channel id
+            location              structure acronym ("VISp", "VISl", "LGd", "CA1", ...)
+            probe_id              int
+            valid_data            bool
+        intervals/natural_scenes_presentations   (another table with stimulus_table=...)
+            start_time, stop_time float (s)
+            frame                 scene number 0 ... 117, -1 for a blank screen
+    <cache>/natural_scene_templates/natural_scene_<n>.tiff    the scene shown as frame n
+
+Units are kept when ``amplitude_cutoff <= 0.1``, ``presence_ratio >= 0.95``,
+``isi_violations <= 0.5`` (the AllenSDK defaults), ``quality == "good"`` and their peak
+channel has ``valid_data``; each filter can be changed or turned off, and ``structures``
+keeps only units in the named structures. A unit with a NaN metric fails that filter. The
+region of a unit is the ``location`` of its peak channel (empty locations become
+``"unknown"``).
+
+:func:`convert_allen` writes ``<out_dir>/allen_<id>.h5`` (temporaldata HDF5) per session and
+copies the scenes shown into ``<out_dir>/images/natural_scenes/`` (the default image folder of
+``data=recordings``). ``U`` kept units, ``S`` spikes, ``P`` non-blank presentations::
+
+    session.id                 str, the recording id "allen_<id>"
+    session.unit_selection     str, JSON: units in the table, dropped per filter, kept
+    subject.id                 str, "allen_mouse_<subject_id>"
+    brainset.id                str, "allen_visual_coding_neuropixels"
+    units.id                   str [U], "allen_<id>/<unit id>"
+    units.brain_region         str [U], location of the peak channel
+    units.allen_id, units.peak_channel_id, units.probe_id   int64 [U] (probe_id: -1 if the
+                               electrodes table has no probe_id column)
+    units.<metric>             float64 [U] for each of amplitude_cutoff, presence_ratio,
+                               isi_violations, snr, firing_rate in the units table
+    spikes.timestamps          float64 [S], sorted, seconds on the NWB clock (unchanged)
+    spikes.unit_index          int64 [S], index into units
+    domain                     Interval [t0, t1]: from min(0, first spike or stimulus) to
+                               just after the last spike or stimulus of any intervals table
+    stimulus_presentations     Interval [P], sorted by onset; blanks dropped: start, end
+                               (start_time, stop_time), image_id (e.g.
+                               "natural_scenes/natural_scene_12.tiff"), frame (int64)
+    train_domain, valid_domain, test_domain
+                               disjoint Intervals tiling the domain
+
+Splits: a seeded ``test_fraction`` / ``valid_fraction`` of the scenes shown in the converted
+sessions are test / valid scenes, the rest train scenes, so all repeats of a scene are on
+one side. Each presentation owns the time from its onset to the next presentation's onset
+(its stop time if the next onset comes more than 50 ms later) and that time goes to its
+scene's split. The rest of the session (spontaneous activity, other stimuli, blanks) is cut
+into blocks of about ``block_length`` seconds drawn into the splits with the same fractions
+(seeded per session); pieces shorter than ``block_length`` (blanks and gaps between
+presentations) go to train. Presentations are back to back (250 ms), so stimulus-locked
+windows must fit in one presentation (``data.pre_onset=0 data.post_onset=0.25``): a longer
+window reaches into neighbours that mostly belong to another split and is dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import warnings
+import zlib
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries
+
+from neurobridge.data.dataset import SPLITS
+from neurobridge.data.synthetic import IMAGE_FOLDER
+from neurobridge.io import atomic_path
+
+__all__ = [
+    "BLANK_FRAME",
+    "IMAGE_SUBFOLDER",
+    "QUALITY_METRICS",
+    "STIMULUS_TABLE",
+    "TEMPLATE_FOLDER",
+    "UnitFilters",
+    "convert_allen",
+    "find_sessions",
+    "read_electrodes",
+    "read_presentations_table",
+    "read_units",
+    "select_units",
+    "summarize_allen",
+    "template_name",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Intervals table of the natural-scene presentations.
+STIMULUS_TABLE = "natural_scenes_presentations"
+#: Folder of the scene templates in the AllenSDK cache.
+TEMPLATE_FOLDER = "natural_scene_templates"
+#: Sub-folder of ``<out_dir>/images`` the scenes are copied to (the image ids start with it).
+IMAGE_SUBFOLDER = "natural_scenes"
+#: ``frame`` of a blank-screen presentation.
+BLANK_FRAME = -1
+#: Quality metrics copied to ``units`` when the units table has them.
+QUALITY_METRICS = ("amplitude_cutoff", "presence_ratio", "isi_violations", "snr", "firing_rate")
+#: A presentation owns the time up to the next onset if that comes at most this late (s).
+_GAP_TOLERANCE = 0.05
+_BRAINSET = "allen_visual_coding_neuropixels"
+_LAYOUT_HINT = (
+    "Use the session NWB files of the AllenSDK cache (session_<id>/session_<id>.nwb) as "
+    "downloaded."
+)
+
+
+def template_name(frame: int) -> str:
+    """File name of the template of scene ``frame``: ``natural_scene_<frame>.tiff``."""
+    return f"natural_scene_{int(frame)}.tiff"
+
+
+def _pynwb():
+    try:
+        import pynwb
+    except ImportError as err:
+        raise ImportError(
+            "Reading Allen Brain Observatory NWB files needs pynwb: pip install pynwb (or pip "
+            "install 'neurobridge[allen]')."
+        ) from err
+    return pynwb
+
+
+# --------------------------------------------------------------------------------------
+# readers
+
+
+def find_sessions(sources: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The NWB files of ``sources``, each an ``.nwb`` file or a folder (an AllenSDK cache:
+    ``session_*/session_*.nwb``, else the ``*.nwb`` files directly in it)."""
+    if isinstance(sources, (str, Path)):
+        sources = [sources]
+    found: list[Path] = []
+    for source in map(Path, sources):
+        if source.is_file():
+            found.append(source)
+        elif source.is_dir():
+            files = sorted(source.glob("session_*/session_*.nwb")) or sorted(source.glob("*.nwb"))
+            if not files:
+                raise FileNotFoundError(
+                    f"No NWB file in {source} (looked for session_*/session_*.nwb and *.nwb). "
+                    f"{_LAYOUT_HINT}"
+                )
+            found.extend(files)
+        else:
+            raise FileNotFoundError(f"Allen NWB file or folder {source} not found.")
+    if not found:
+        raise FileNotFoundError("No Allen NWB file or folder given.")
+    return found
+
+
+def _recording_id(path: Path) -> str:
+    match = re.fullmatch(r"session_(\d+)", path.stem)
+    name = match.group(1) if match else re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem)
+    return f"allen_{name}"
+
+
+def _strings(values) -> np.ndarray:
+    return np.array(
+        [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()],
+        dtype=str,
+    )
+
+
+def _numbers(values, path: Path, where: str) -> np.ndarray:
+    values = np.asarray(values).ravel()
+    if values.dtype.kind in "SO":
+        values = _strings(values)
+    try:
+        return values.astype(np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {where} must hold numbers, got e.g. {values[:3].tolist()}.") from None
+
+
+def _whole(values: np.ndarray, path: Path, where: str) -> np.ndarray:
+    values = np.asarray(values).ravel()
+    if values.dtype.kind in "iu":
+        return values.astype(np.int64)
+    values = _numbers(values, path, where)
+    bad = ~(np.isfinite(values) & (values == np.round(values)))
+    if bad.any():
+        raise ValueError(
+            f"{path}: {where} must hold whole numbers, got {values[bad][:3].tolist()} at rows "
+            f"{np.flatnonzero(bad)[:3].tolist()}."
+        )
+    return values.astype(np.int64)
+
+
+def _column(table, name: str, path: Path, table_name: str, content: str) -> np.ndarray:
+    if name not in table.colnames:
+        raise ValueError(
+            f"{path}: the {table_name} table has no column '{name}' ({content}). {_LAYOUT_HINT}"
+        )
+    return np.asarray(table[name].data[:])
+
+
+@contextmanager
+def _read_nwb(path: Path) -> Iterator:
+    """The NWBFile of ``path``, open for lazy reads inside the block."""
+    pynwb = _pynwb()
+
+    def unreadable(err: Exception) -> ValueError:
+        return ValueError(f"{path} is not a readable NWB file ({type(err).__name__}: {err}).")
+
+    try:  # pynwb, hdmf and h5py raise many kinds of errors on a bad file
+        io = pynwb.NWBHDF5IO(str(path), mode="r", load_namespaces=True)
+    except Exception as err:
+        raise unreadable(err) from None
+    with io:
+        try:
+            nwbfile = io.read()
+        except Exception as err:
+            raise unreadable(err) from None
+        yield nwbfile
+
+
+def _units_table(nwbfile, path: Path):
+    units = nwbfile.units
+    if units is None:
+        raise ValueError(
+            f"{path}: no units table ('units': one row per sorted unit with spike_times, "
+            f"peak_channel_id and quality metrics). {_LAYOUT_HINT}"
+        )
+    return units
+
+
+def read_units(nwbfile, path: str | Path) -> dict[str, np.ndarray]:
+    """The units table without its spike times: ``allen_id``, ``peak_channel_id`` (int64),
+    ``quality`` (str, if present) and each metric of :data:`QUALITY_METRICS` present (float64)."""
+    path = Path(path)
+    units = _units_table(nwbfile, path)
+    if "spike_times" not in units.colnames:
+        raise ValueError(
+            f"{path}: the units table has no column 'spike_times' (the spike times of each "
+            f"unit, a ragged column). {_LAYOUT_HINT}"
+        )
+    out = {
+        "allen_id": _whole(units.id.data[:], path, "units.id"),
+        "peak_channel_id": _whole(
+            _column(units, "peak_channel_id", path, "units", "the channel id of each unit's "
+                    "peak channel, a row id of 'electrodes'"),
+            path, "units.peak_channel_id",
+        ),
+    }
+    if "quality" in units.colnames:
+        out["quality"] = _strings(units["quality"].data[:])
+    for name in QUALITY_METRICS:
+        if name in units.colnames:
+            out[name] = _numbers(units[name].data[:], path, f"units.{name}")
+    return out
+
+
+def read_electrodes(nwbfile, path: str | Path) -> dict[str, np.ndarray]:
+    """The electrodes table: ``channel_id`` (row ids), ``location`` (str; empty -> "unknown"),
+    and ``probe_id`` (int64) / ``valid_data`` (bool) where present."""
+    path = Path(path)
+    table = nwbfile.electrodes
+    if table is None:
+        raise ValueError(
+            f"{path}: no electrodes table (one row per channel with 'location', the structure "
+            f"acronym; the units' peak_channel_id refers to its row ids). {_LAYOUT_HINT}"
+        )
+    location = _strings(_column(table, "location", path, "electrodes", "structure acronym"))
+    location = np.where(np.isin(np.char.strip(location), ["", "nan", "None"]), "unknown", location)
+    out = {"channel_id": _whole(table.id.data[:], path, "electrodes.id"), "location": location}
+    if "probe_id" in table.colnames:
+        out["probe_id"] = _whole(table["probe_id"].data[:], path, "electrodes.probe_id")
+    if "valid_data" in table.colnames:
+        out["valid_data"] = np.asarray(table["valid_data"].data[:]).astype(bool)
+    return out
+
+
+def _peak_rows(units: dict, electrodes: dict, path: Path) -> np.ndarray:
+    """Row of ``electrodes`` of each unit's peak channel."""
+    channel_id = electrodes["channel_id"]
+    if np.unique(channel_id).size != channel_id.size:
+        raise ValueError(f"{path}: the electrodes table has duplicate row ids (channel ids).")
+    order = np.argsort(channel_id)
+    peak = units["peak_channel_id"]
+    pos = np.clip(np.searchsorted(channel_id[order], peak), 0, max(channel_id.size - 1, 0))
+    found = channel_id.size > 0
+    ok = channel_id[order][pos] == peak if found else np.zeros(peak.size, bool)
+    if not ok.all():
+        k = int(np.flatnonzero(~ok)[0])
+        raise ValueError(
+            f"{path}: units.peak_channel_id of unit {units['allen_id'][k]} is {peak[k]}, which "
+            f"is not a row id of the electrodes table ({int((~ok).sum())} units like this; "
+            f"channel ids {channel_id.min() if found else '-'} ... "
+            f"{channel_id.max() if found else '-'}). {_LAYOUT_HINT}"
+        )
+    return order[pos]
+
+
+@dataclass(frozen=True)
+class UnitFilters:
+    """Which units are kept (AllenSDK defaults); ``None`` turns a filter off.
+
+    Attributes:
+        max_amplitude_cutoff: keep ``amplitude_cutoff <= this``.
+        min_presence_ratio: keep ``presence_ratio >= this``.
+        max_isi_violations: keep ``isi_violations <= this``.
+        quality: keep units whose ``quality`` is this.
+        valid_channels_only: keep units whose peak channel has ``valid_data``.
+        structures: keep units whose peak channel's ``location`` is one of these.
+    """
+
+    max_amplitude_cutoff: float | None = 0.1
+    min_presence_ratio: float | None = 0.95
+    max_isi_violations: float | None = 0.5
+    quality: str | None = "good"
+    valid_channels_only: bool = True
+    structures: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_amplitude_cutoff", "min_presence_ratio", "max_isi_violations"):
+            value = getattr(self, name)
+            ok = value is None or (
+                isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value)
+            )
+            if not ok:
+                raise ValueError(f"{name} must be a finite number or None, got {value!r}.")
+        if self.structures is not None:
+            if isinstance(self.structures, str):
+                raise ValueError(
+                    f"structures must be a sequence of acronyms, not a string: "
+                    f"got {self.structures!r}."
+                )
+            object.__setattr__(self, "structures", tuple(str(s) for s in self.structures))
+            if not self.structures:
+                raise ValueError("structures must name at least one structure (or be None).")
+
+
+def select_units(
+    units: dict, electrodes: dict, path: str | Path, filters: UnitFilters | None = None
+) -> tuple[np.ndarray, dict]:
+    """Rows of the units table that pass ``filters`` (int64, table order) and the selection
+    record ``{"in_table": n, "dropped": {"<filter>": n failing}, "kept": n}`` (a unit failing
+    several filters is counted under each)."""
+    path = Path(path)
+    peak = _peak_rows(units, electrodes, path)
+    n = units["allen_id"].size
+    fails: dict[str, np.ndarray] = {}
+
+    def metric(name: str, option: str) -> np.ndarray:
+        if name not in units:
+            raise ValueError(
+                f"{path}: the units table has no column '{name}', which the unit filter {option} "
+                f"needs. Pass {option}=None to skip this filter."
+            )
+        return units[name]
+
+    f = UnitFilters() if filters is None else filters
+    with np.errstate(invalid="ignore"):
+        if f.max_amplitude_cutoff is not None:
+            v = metric("amplitude_cutoff", "max_amplitude_cutoff")
+            fails[f"amplitude_cutoff > {f.max_amplitude_cutoff:g}"] = ~(v <= f.max_amplitude_cutoff)
+        if f.min_presence_ratio is not None:
+            v = metric("presence_ratio", "min_presence_ratio")
+            fails[f"presence_ratio < {f.min_presence_ratio:g}"] = ~(v >= f.min_presence_ratio)
+        if f.max_isi_violations is not None:
+            v = metric("isi_violations", "max_isi_violations")
+            fails[f"isi_violations > {f.max_isi_violations:g}"] = ~(v <= f.max_isi_violations)
+    if f.quality is not None:
+        fails[f"quality != {f.quality}"] = metric("quality", "quality") != f.quality
+    if f.valid_channels_only:
+        if "valid_data" not in electrodes:
+            raise ValueError(
+                f"{path}: the electrodes table has no column 'valid_data', which the unit filter "
+                "valid_channels_only needs. Pass valid_channels_only=False to skip this filter."
+            )
+        fails["peak channel not valid_data"] = ~electrodes["valid_data"][peak]
+    if f.structures is not None:
+        fails["structure not selected"] = ~np.isin(electrodes["location"][peak], f.structures)
+    keep = np.ones(n, dtype=bool)
+    for mask in fails.values():
+        keep &= ~mask
+    record = {
+        "in_table": int(n),
+        "dropped": {name: int(mask.sum()) for name, mask in fails.items()},
+        "kept": int(keep.sum()),
+    }
+    return np.flatnonzero(keep), record
+
+
+def read_presentations_table(
+    nwbfile, path: str | Path, name: str = STIMULUS_TABLE
+) -> dict[str, np.ndarray]:
+    """``start``, ``stop`` (float64) and ``frame`` (int64, -1 = blank) of every row of the
+    intervals table ``name``, sorted by onset."""
+    path = Path(path)
+    intervals = nwbfile.intervals or {}
+    if name not in intervals:
+        raise ValueError(
+            f"{path}: no intervals table '{name}' (tables: {sorted(intervals) or 'none'}). "
+            "Natural scenes are shown in the Brain Observatory sessions; pass stimulus_table= "
+            "if yours has another name."
+        )
+    table = intervals[name]
+    where = f"intervals/{name}"
+    start = _numbers(_column(table, "start_time", path, where, "onset, s"), path,
+                     f"{where}.start_time")
+    stop = _numbers(_column(table, "stop_time", path, where, "offset, s"), path,
+                    f"{where}.stop_time")
+    frame = _whole(_column(table, "frame", path, where, "scene number, -1 for a blank"), path,
+                   f"{where}.frame")
+    bad = ~(np.isfinite(start) & np.isfinite(stop) & (stop > start))
+    if bad.any():
+        raise ValueError(
+            f"{path}: {where} has rows with NaN times or stop_time <= start_time (rows "
+            f"{np.flatnonzero(bad)[:3].tolist()})."
+        )
+    if (frame < BLANK_FRAME).any():
+        raise ValueError(
+            f"{path}: {where}.frame must be a scene number >= 0 or {BLANK_FRAME} (blank), got "
+            f"{frame[frame < BLANK_FRAME][:3].tolist()}."
+        )
+    order = np.argsort(start, kind="stable")
+    start, stop, frame = start[order], stop[order], frame[order]
+    if start.size > 1 and not (np.diff(start) > 0).all():
+        raise ValueError(f"{path}: {where} has two presentations with the same start_time.")
+    return {"start": start, "stop": stop, "frame": frame}
+
+
+def _read_spike_times(nwbfile, rows: np.ndarray, path: Path) -> list[np.ndarray]:
+    """Spike times (float64) of the units at ``rows``, read one unit at a time."""
+    column = _units_table(nwbfile, path)["spike_times"]
+    if not hasattr(column, "target"):
+        raise ValueError(
+            f"{path}: units column 'spike_times' is not ragged (a VectorIndex over the "
+            f"concatenated spike times). {_LAYOUT_HINT}"
+        )
+    index = np.asarray(column.data[:], dtype=np.int64)
+    target = column.target.data
+    bounds = np.concatenate([[0], index])
+    if np.any(np.diff(bounds) < 0) or bounds[-1] > len(target):
+        raise ValueError(f"{path}: units column 'spike_times_index' is not a valid index.")
+    out = []
+    for row in rows:
+        times = np.asarray(target[bounds[row] : bounds[row + 1]], dtype=np.float64)
+        if not np.isfinite(times).all():
+            raise ValueError(f"{path}: units.spike_times of row {row} has NaN/Inf values.")
+        out.append(times)
+    return out
+
+
+def _interval_extent(nwbfile) -> tuple[float, float]:
+    """Earliest start and latest stop over all intervals tables (NaN-free), or (inf, -inf)."""
+    lo, hi = math.inf, -math.inf
+    for table in (nwbfile.intervals or {}).values():
+        for name, pick in (("start_time", np.nanmin), ("stop_time", np.nanmax)):
+            if name in table.colnames and len(table):
+                values = np.asarray(table[name].data[:], dtype=np.float64)
+                if np.isfinite(values).any():
+                    v = float(pick(values))
+                    lo, hi = (min(lo, v), hi) if name == "start_time" else (lo, max(hi, v))
+    return lo, hi
+
+
+# --------------------------------------------------------------------------------------
+# conversion
+
+
+@dataclass
+class _Session:
+    path: Path
+    recording_id: str
+    subject_id: str
+    units: dict
+    electrodes: dict
+    rows: np.ndarray
+    peak: np.ndarray
+    record: dict
+    presentations: dict
+
+
+def _plan_session(path: Path, filters: UnitFilters, stimulus_table: str) -> _Session:
+    """Read and check everything of one session but the spike times."""
+    with _read_nwb(path) as nwbfile:
+        units = read_units(nwbfile, path)
+        electrodes = read_electrodes(nwbfile, path)
+        rows, record = select_units(units, electrodes, path, filters)
+        presentations = read_presentations_table(nwbfile, path, stimulus_table)
+        subject = getattr(nwbfile, "subject", None)
+        subject_id = getattr(subject, "subject_id", None) if subject is not None else None
+    rid = _recording_id(path)
+    return _Session(
+        path=path,
+        recording_id=rid,
+        subject_id=f"allen_mouse_{subject_id}" if subject_id else f"{rid}_subject",
+        units=units,
+        electrodes=electrodes,
+        rows=rows,
+        peak=_peak_rows(units, electrodes, path),
+        record=record,
+        presentations=presentations,
+    )
+
+
+def _find_templates(sources: Sequence[Path], templates_dir: str | Path | None) -> Path:
+    if templates_dir is not None:
+        folder = Path(templates_dir)
+        if not folder.is_dir():
+            raise FileNotFoundError(f"Scene template folder {folder} not found.")
+        return folder
+    tried = []
+    for source in sources:
+        parents = [source] if source.is_dir() else [source.parent.parent, source.parent]
+        for parent in parents:
+            folder = parent / TEMPLATE_FOLDER
+            if folder.is_dir():
+                return folder
+            tried.append(str(folder))
+    raise FileNotFoundError(
+        f"No scene template folder found (tried {', '.join(dict.fromkeys(tried))}). Pass "
+        f"templates_dir= (the AllenSDK cache's {TEMPLATE_FOLDER}/ with natural_scene_<n>.tiff)."
+    )
+
+
+def _check_templates(sessions: list[_Session], folder: Path, stimulus_table: str) -> list[int]:
+    """Sorted scene numbers shown (blanks excluded); raises if one has no template file."""
+    frames: set[int] = set()
+    for s in sessions:
+        shown = np.unique(s.presentations["frame"])
+        shown = shown[shown != BLANK_FRAME]
+        for frame in shown:
+            if not (folder / template_name(frame)).is_file():
+                raise FileNotFoundError(
+                    f"{s.path}: intervals/{stimulus_table}.frame shows scene {int(frame)}, but "
+                    f"its template {folder / template_name(frame)} does not exist. Download the "
+                    "scene templates into the template folder (AllenSDK: "
+                    "cache.get_natural_scene_template(n))."
+                )
+        frames.update(int(f) for f in shown)
+    if not frames:
+        raise ValueError(
+            f"No non-blank presentation in intervals/{stimulus_table} of "
+            f"{', '.join(str(s.path) for s in sessions)}."
+        )
+    return sorted(frames)
+
+
+def _counts(n: int, fractions: tuple[float, float], at_least_one: bool) -> tuple[int, int]:
+    """(n_valid, n_test) of ``n`` items for (valid_fraction, test_fraction)."""
+    out = []
+    for frac in fractions:
+        k = round(frac * n)
+        out.append(max(k, 1) if (frac > 0 and at_least_one) else k)
+    return out[0], out[1]
+
+
+def _image_splits(
+    frames: list[int], valid_fraction: float, test_fraction: float, seed: int
+) -> dict[int, int]:
+    """Index into SPLITS of every scene: a seeded share test, another valid, the rest train."""
+    n_valid, n_test = _counts(len(frames), (valid_fraction, test_fraction), True)
+    if n_valid + n_test >= len(frames):
+        raise ValueError(
+            f"valid_fraction={valid_fraction} and test_fraction={test_fraction} leave no train "
+            f"scene ({len(frames)} scenes shown: {n_valid} valid, {n_test} test); lower them."
+        )
+    order = np.random.default_rng([seed, 0]).permutation(len(frames))
+    labels = {}
+    for rank, i in enumerate(order):
+        s = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
+        labels[frames[i]] = SPLITS.index(s)
+    return labels
+
+
+def _slots(presentations: dict) -> np.ndarray:
+    """End of the time each presentation owns: the next onset if it comes within the gap
+    tolerance of this stop time, else the stop time."""
+    start, stop = presentations["start"], presentations["stop"]
+    nxt = np.append(start[1:], np.inf)
+    return np.where(nxt - stop <= _GAP_TOLERANCE, nxt, stop)
+
+
+def _split_domains(
+    domain: tuple[float, float],
+    slots: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    fractions: tuple[float, float],
+    block_length: float,
+    rng: np.random.Generator,
+) -> dict[str, Interval]:
+    """Train/valid/test Intervals tiling ``domain``: the scene slots ``(start, end, label)``,
+    the blocks of the rest drawn into the splits, pieces shorter than a block in train."""
+    t0, t1 = domain
+    s_start, s_end, s_label = slots
+    pieces = []  # (start, end, label or -1 for a drawn block)
+    cursor = t0
+    for a, b, lab in zip(s_start, s_end, s_label):
+        if a > cursor:
+            pieces.append((cursor, a, None))
+        pieces.append((a, b, int(lab)))
+        cursor = b
+    if t1 > cursor:
+        pieces.append((cursor, t1, None))
+    out = []
+    blocks = []
+    for a, b, lab in pieces:
+        if lab is not None:
+            out.append([a, b, lab])
+            continue
+        n = int((b - a) // block_length)
+        if n == 0:
+            out.append([a, b, SPLITS.index("train")])
+            continue
+        edges = np.linspace(a, b, n + 1)
+        edges[0], edges[-1] = a, b
+        for k in range(n):
+            blocks.append(len(out))
+            out.append([edges[k], edges[k + 1], SPLITS.index("train")])
+    n_valid, n_test = _counts(len(blocks), fractions, len(blocks) >= 3)
+    n_valid, n_test = min(n_valid, len(blocks)), min(n_test, max(len(blocks) - n_valid, 0))
+    drawn = rng.permutation(len(blocks))
+    for rank, i in enumerate(drawn):
+        if rank < n_test:
+            out[blocks[i]][2] = SPLITS.index("test")
+        elif rank < n_test + n_valid:
+            out[blocks[i]][2] = SPLITS.index("valid")
+    result = {}
+    for s, split in enumerate(SPLITS):
+        starts, ends = [], []
+        for a, b, lab in out:
+            if lab != s or b <= a:
+                continue
+            if ends and abs(ends[-1] - a) < 1e-9:
+                ends[-1] = b
+            else:
+                starts.append(a)
+                ends.append(b)
+        result[split] = Interval(
+            start=np.asarray(starts, dtype=np.float64), end=np.asarray(ends, dtype=np.float64)
+        )
+    return result
+
+
+def _check_options(valid_fraction, test_fraction, block_length, seed) -> None:
+    for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0 <= value < 1):
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+    ok = isinstance(block_length, (int, float)) and math.isfinite(block_length)
+    if not (ok and block_length > 0):
+        raise ValueError(f"block_length must be a number > 0 (seconds), got {block_length!r}.")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool):
+        raise ValueError(f"seed must be an integer, got {seed!r}.")
+
+
+def _build_recording(
+    s: _Session,
+    spike_times: list[np.ndarray],
+    intervals_extent: tuple[float, float],
+    image_split: dict[int, int],
+    *,
+    fractions: tuple[float, float],
+    block_length: float,
+    seed: int,
+) -> Data:
+    counts = np.array([t.size for t in spike_times], dtype=np.int64)
+    timestamps = np.concatenate(spike_times) if spike_times else np.empty(0)
+    unit_index = np.repeat(np.arange(len(spike_times), dtype=np.int64), counts)
+    order = np.argsort(timestamps, kind="stable")
+    timestamps, unit_index = timestamps[order], unit_index[order]
+
+    pres = s.presentations
+    lo = min(0.0, intervals_extent[0], timestamps[0] if timestamps.size else math.inf)
+    hi = max(intervals_extent[1], float(pres["stop"].max()),
+             timestamps[-1] if timestamps.size else -math.inf)
+    t0, t1 = float(lo), float(np.nextafter(hi, math.inf))
+    domain = Interval(t0, t1)
+
+    ends = _slots(pres)
+    shown = pres["frame"] != BLANK_FRAME
+    labels = np.array([image_split[int(f)] for f in pres["frame"][shown]], dtype=np.int64)
+    rng = np.random.default_rng([seed, 1, zlib.crc32(s.recording_id.encode())])
+    splits = _split_domains(
+        (t0, t1), (pres["start"][shown], ends[shown], labels), fractions=fractions,
+        block_length=block_length, rng=rng,
+    )
+
+    rows, peak = s.rows, s.peak[s.rows]
+    region = s.electrodes["location"][peak]
+    probe = s.electrodes.get("probe_id")
+    units = dict(
+        id=np.array([f"{s.recording_id}/{u}" for u in s.units["allen_id"][rows]]),
+        brain_region=region.astype(str),
+        allen_id=s.units["allen_id"][rows],
+        peak_channel_id=s.units["peak_channel_id"][rows],
+        probe_id=probe[peak] if probe is not None else np.full(rows.size, -1, np.int64),
+        **{m: s.units[m][rows] for m in QUALITY_METRICS if m in s.units},
+    )
+    frames = pres["frame"][shown]
+    data = Data(
+        brainset=Data(id=_BRAINSET),
+        subject=Data(id=s.subject_id),
+        session=Data(id=s.recording_id, unit_selection=json.dumps(s.record)),
+        units=ArrayDict(**units),
+        spikes=IrregularTimeSeries(timestamps=timestamps, unit_index=unit_index, domain=domain),
+        stimulus_presentations=Interval(
+            start=pres["start"][shown],
+            end=pres["stop"][shown],
+            image_id=np.array([f"{IMAGE_SUBFOLDER}/{template_name(f)}" for f in frames]),
+            frame=frames.astype(np.int64),
+        ),
+        domain=domain,
+    )
+    for split in SPLITS:
+        setattr(data, f"{split}_domain", splits[split])
+    return data
+
+
+def convert_allen(
+    sources: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    templates_dir: str | Path | None = None,
+    stimulus_table: str = STIMULUS_TABLE,
+    filters: UnitFilters | None = None,
+    valid_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    block_length: float = 10.0,
+    seed: int = 0,
+) -> list[Path]:
+    """Convert Allen Visual Coding Neuropixels sessions into recordings (layout in the module
+    docstring).
+
+    Every session is read and checked (units, electrodes, presentations, templates) before
+    anything is written; then the shown scenes are copied to ``<out_dir>/images`` and the
+    sessions are written one at a time, reading the spike times of the kept units one unit at
+    a time. The scene splits are drawn once over the scenes shown in all given sessions, so a
+    scene has the same split in every session (and, as every Brain Observatory session shows
+    the same 118 scenes, across separate conversions with the same seed).
+
+    Args:
+        sources: session NWB files and/or folders (an AllenSDK cache folder holds
+            ``session_<id>/session_<id>.nwb``).
+        out_dir: output folder (created); existing files of the same name are replaced.
+        templates_dir: folder of ``natural_scene_<n>.tiff``; by default the
+            ``natural_scene_templates`` folder of the cache (a source folder, or the parent or
+            grandparent of a source file).
+        stimulus_table: the intervals table of the presentations.
+        filters: the unit filters (:class:`UnitFilters`; AllenSDK defaults).
+        valid_fraction, test_fraction: shares of the scenes (and of the blocks of the rest of
+            each session) that go to valid / test.
+        block_length: seconds per block of the time outside scene presentations.
+        seed: seed of the scene split and of the block draws.
+
+    Returns:
+        The written recordings ``<out_dir>/allen_<id>.h5``, in source order. A session
+        whose units all fail the filters is skipped with a warning.
+    """
+    filters = UnitFilters() if filters is None else filters
+    _check_options(valid_fraction, test_fraction, block_length, seed)
+    out_dir = Path(out_dir)
+    sources = [Path(p) for p in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    paths = find_sessions(sources)
+    templates = _find_templates(sources, templates_dir)
+
+    sessions = [_plan_session(p, filters, stimulus_table) for p in paths]
+    ids = Counter(s.recording_id for s in sessions)
+    dup = [rid for rid, n in ids.items() if n > 1]
+    if dup:
+        raise ValueError(
+            f"Several NWB files give the recording id {dup[0]!r}: "
+            f"{[str(s.path) for s in sessions if s.recording_id == dup[0]]}. Convert them "
+            "separately, into different folders."
+        )
+    empty = [s for s in sessions if s.rows.size == 0]
+    for s in empty:
+        warnings.warn(
+            f"{s.path}: no unit passes the filters ({s.record}); the session is skipped.",
+            stacklevel=2,
+        )
+    sessions = [s for s in sessions if s.rows.size]
+    if not sessions:
+        raise ValueError(
+            "No unit of any session passes the unit filters; loosen them (UnitFilters) or "
+            "check the structures asked for."
+        )
+    frames = _check_templates(sessions, templates, stimulus_table)
+    image_split = _image_splits(frames, valid_fraction, test_fraction, seed)
+
+    for frame in frames:
+        target = out_dir / IMAGE_FOLDER / IMAGE_SUBFOLDER / template_name(frame)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(templates / template_name(frame), tmp)
+
+    written = []
+    for s in sessions:
+        with _read_nwb(s.path) as nwbfile:
+            spike_times = _read_spike_times(nwbfile, s.rows, s.path)
+            extent = _interval_extent(nwbfile)
+        data = _build_recording(
+            s, spike_times, extent, image_split, fractions=(valid_fraction, test_fraction),
+            block_length=block_length, seed=seed,
+        )
+        path = out_dir / f"{s.recording_id}.h5"
+        with atomic_path(path) as tmp:
+            data.save(tmp)
+        logger.info("%s: %d of %d units kept", s.recording_id, s.record["kept"],
+                    s.record["in_table"])
+        written.append(path)
+    return written
+
+
+def summarize_allen(path: str | Path) -> dict:
+    """Counts of one converted recording: ``recording_id``, ``duration`` (s), ``units``
+    (``{region: n}``, most units first), ``spikes``, ``unit_selection`` (the JSON record),
+    ``presentations``, ``splits`` (``{split: {"presentations": n, "images": n, "seconds": x}}``)."""
+    with Data.load(path, lazy=True) as data:
+        regions = Counter(np.asarray(data.units.brain_region).astype(str).tolist())
+        onset = np.asarray(data.stimulus_presentations.start)
+        image_ids = np.asarray(data.stimulus_presentations.image_id).astype(str)
+        splits = {}
+        for split in SPLITS:
+            dom = getattr(data, f"{split}_domain")
+            start, end = np.asarray(dom.start), np.asarray(dom.end)
+            inside = ((start[None] <= onset[:, None]) & (onset[:, None] < end[None])).any(axis=1)
+            splits[split] = {
+                "presentations": int(inside.sum()),
+                "images": int(np.unique(image_ids[inside]).size),
+                "seconds": float(np.sum(end - start)),
+            }
+        return {
+            "recording_id": str(data.session.id),
+            "duration": float(np.asarray(data.domain.end)[-1] - np.asarray(data.domain.start)[0]),
+            "units": dict(regions.most_common()),
+            "spikes": int(len(data.spikes.timestamps)),
+            "unit_selection": json.loads(str(data.session.unit_selection)),
+            "presentations": int(onset.size),
+            "splits": splits,
+        }
