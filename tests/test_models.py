@@ -201,3 +201,31 @@ def test_anchor_tokens_leave_forward_as_upstream():
     out_kwargs = dict(inputs, output_session_index=torch.ones(3, 5, dtype=torch.long),
                       output_timestamps=torch.rand(3, 5), output_mask=torch.ones(3, 5, dtype=torch.bool))
     assert torch.equal(upstream(**out_kwargs), ours(**out_kwargs))
+
+
+def _saved_bytes_and_grads(model, inputs):
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model.encode(**inputs).square().mean()
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return sum(saved), grads
+
+
+def test_activation_checkpointing_stores_less_and_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = _vocab(NeuroBridgePOYO(**KW))
+    ckpt = _vocab(NeuroBridgePOYO(activation_checkpointing=True, **KW))
+    ckpt.load_state_dict(plain.state_dict())
+    inputs = _spike_inputs(n=400)
+    plain_bytes, plain_grads = _saved_bytes_and_grads(plain, inputs)
+    ckpt_bytes, ckpt_grads = _saved_bytes_and_grads(ckpt, inputs)
+    assert ckpt_bytes < 0.5 * plain_bytes
+    assert plain_grads.keys() == ckpt_grads.keys() and len(plain_grads) > 10
+    for name, grad in plain_grads.items():
+        assert torch.allclose(grad, ckpt_grads[name], atol=1e-6), name

@@ -1,7 +1,9 @@
 """NeuroBridge models: encoders, heads and their compositions."""
 
+from .attention import ATTENTION_BACKENDS, attention_backend, set_attention_backend
 from .encoders import NeuroBridgeCaPOYO, NeuroBridgePOYO
 from .masked_model import MaskedModel
 from .target_decoder import TargetSequenceDecoder
 
-__all__ = ["NeuroBridgePOYO", "NeuroBridgeCaPOYO", "TargetSequenceDecoder", "MaskedModel"]
+__all__ = ["NeuroBridgePOYO", "NeuroBridgeCaPOYO", "TargetSequenceDecoder", "MaskedModel",
+           "ATTENTION_BACKENDS", "attention_backend", "set_attention_backend"]

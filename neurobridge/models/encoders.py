@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 from torch_brain.models import POYO, CaPOYO
 from torch_brain.nn.loss import MSELoss
 from torch_brain.registry import DataType, ModalitySpec
@@ -77,16 +78,38 @@ class _EncoderMixin:
         if latent_prompt is not None:
             latents = latents + latent_prompt[:, None, :]
         latent_timestamp_emb = self.rotary_emb(latent_timestamps)
+        latents = self._run(
+            self._cross_attend, latents, inputs, latent_timestamp_emb, input_timestamp_emb,
+            input_mask,
+        )
+        for self_attn, self_ff in self.proc_layers:
+            latents = self._run(self._process, self_attn, self_ff, latents, latent_timestamp_emb)
+        return latents
+
+    def _run(self, block, *args) -> Tensor:
+        """``block(*args)``, under activation checkpointing when it is on and autograd records."""
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
+
+    def _cross_attend(
+        self, latents: Tensor, inputs: Tensor, latent_timestamp_emb: Tensor,
+        input_timestamp_emb: Tensor, input_mask: Tensor | None,
+    ) -> Tensor:
+        """The PerceiverIO cross-attention + feed-forward: ``[batch, n_latent, dim]``."""
         latents = latents + self.enc_atn(
             latents, inputs, latent_timestamp_emb, input_timestamp_emb, input_mask
         )
-        latents = latents + self.enc_ffn(latents)
-        for self_attn, self_ff in self.proc_layers:
-            latents = latents + self.dropout(self_attn(latents, latent_timestamp_emb))
-            latents = latents + self.dropout(self_ff(latents))
-        return latents
+        return latents + self.enc_ffn(latents)
 
-    def _init_anchors(self, anchor_tokens: bool) -> None:
+    def _process(self, self_attn, self_ff, latents: Tensor, latent_timestamp_emb: Tensor) -> Tensor:
+        """One self-attention + feed-forward block of the processor: ``[batch, n_latent, dim]``."""
+        latents = latents + self.dropout(self_attn(latents, latent_timestamp_emb))
+        return latents + self.dropout(self_ff(latents))
+
+    def _init_extras(self, anchor_tokens: bool, activation_checkpointing: bool) -> None:
+        """The NeuroBridge options of ``encode()`` (see the class docstrings)."""
+        self.activation_checkpointing = activation_checkpointing
         self.anchor_emb = (
             torch.nn.Parameter(torch.randn(self.dim) * self.dim**-0.5) if anchor_tokens else None
         )
@@ -130,16 +153,24 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
         anchor_tokens: ``encode()`` appends one learned anchor token per latent time to the
             inputs, so the cross-attention sees spike counts, not only their composition
             (off: upstream's encoding). ``forward()`` never uses them.
+        activation_checkpointing: ``encode()`` recomputes the activations of the
+            cross-attention and of each processor layer in the backward pass instead of storing
+            them (less memory, about one more encoder forward per step; same gradients).
         **kwargs: the upstream :class:`torch_brain.models.POYO` arguments.
     """
 
     def __init__(
-        self, *, readout_spec: ModalitySpec | None = None, anchor_tokens: bool = False, **kwargs
+        self,
+        *,
+        readout_spec: ModalitySpec | None = None,
+        anchor_tokens: bool = False,
+        activation_checkpointing: bool = False,
+        **kwargs,
     ):
         has_head = readout_spec is not None
         super().__init__(readout_spec=readout_spec or _placeholder_spec(), **kwargs)
         self.has_upstream_head = has_head
-        self._init_anchors(anchor_tokens)
+        self._init_extras(anchor_tokens, activation_checkpointing)
         if not has_head:
             self.readout_spec = None
             _drop_upstream_head(self)
@@ -186,7 +217,7 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
     Args:
         readout_specs: as upstream; ``None`` builds an encoder without the upstream output
             decoder, readout and task embedding.
-        anchor_tokens: as for :class:`NeuroBridgePOYO`.
+        anchor_tokens, activation_checkpointing: as for :class:`NeuroBridgePOYO`.
         **kwargs: the upstream :class:`torch_brain.models.CaPOYO` arguments.
     """
 
@@ -195,6 +226,7 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
         *,
         readout_specs: dict[str, ModalitySpec] | None = None,
         anchor_tokens: bool = False,
+        activation_checkpointing: bool = False,
         **kwargs,
     ):
         has_head = readout_specs is not None
@@ -205,7 +237,7 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
             self.readout_specs = None
             _drop_upstream_head(self, extra=("task_emb",))
         self.has_upstream_head = has_head
-        self._init_anchors(anchor_tokens)
+        self._init_extras(anchor_tokens, activation_checkpointing)
 
     def encode(
         self,
