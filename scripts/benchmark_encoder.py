@@ -49,6 +49,7 @@ READOUT = MODALITY_REGISTRY["cursor_velocity_2d"]
 POYO_ARGS = set(inspect.signature(POYO).parameters) - {"readout_spec"}
 SEED = 0
 MIB = 2**20
+CONFIGURATIONS = ("POYO train step", "NeuroBridge train step", "POYO forward", "NeuroBridge encode")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -224,30 +225,77 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(build, make_step, args) -> dict:
-    """Build a fresh model, run ``--warmup`` + ``--steps`` steps; times and CUDA peak memory."""
+def _timed(step: Callable[[], None], device: str) -> float:
+    _sync(device)
+    start = time.perf_counter()
+    step()
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def _n_warmup(args: argparse.Namespace, budget_s: float | None) -> int:
+    """``--warmup``, at least one step when a budget needs the speed of one."""
+    return max(args.warmup, 1) if budget_s is not None else args.warmup
+
+
+def _n_steps(args: argparse.Namespace, budget_s: float | None, last: float) -> int:
+    """``--steps``, or with ``budget_s`` as many as fit in it at ``last`` s a step (at most 50)."""
+    if budget_s is None:
+        return args.steps
+    return max(args.steps, min(50, int(budget_s / max(last, 1e-6))))
+
+
+def _stats(times: list[float], args: argparse.Namespace) -> dict:
+    mean = statistics.fmean(times)
+    return {
+        "mean_ms": 1e3 * mean,
+        "std_ms": 1e3 * statistics.stdev(times) if len(times) > 1 else 0.0,
+        "median_ms": 1e3 * statistics.median(times),
+        "steps": len(times),
+        "steps_s": 1.0 / mean,
+        "tokens_s": args.batch * args.spikes / mean,
+        "peak_mib": None,
+    }
+
+
+def measure(build, make_step, args, budget_s: float | None = None) -> dict:
+    """Build a fresh model, run ``--warmup`` + ``--steps`` steps; times and CUDA peak memory.
+
+    With ``budget_s``, more steps are timed when they are fast: as many as fit in about
+    ``budget_s`` seconds at the speed of the last warm-up step (at least ``--steps``, at most 50).
+    """
     gc.collect()
     if args.device == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
     model = build().to(args.device)
     step = make_step(model)
-    times = []
-    for i in range(args.warmup + args.steps):
-        _sync(args.device)
-        start = time.perf_counter()
-        step()
-        _sync(args.device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - start)
-    mean = statistics.fmean(times)
-    return {
-        "mean_ms": 1e3 * mean,
-        "std_ms": 1e3 * statistics.stdev(times) if len(times) > 1 else 0.0,
-        "steps_s": 1.0 / mean,
-        "tokens_s": args.batch * args.spikes / mean,
-        "peak_mib": torch.cuda.max_memory_allocated() / MIB if args.device == "cuda" else None,
-    }
+    warm = [_timed(step, args.device) for _ in range(_n_warmup(args, budget_s))]
+    n_steps = _n_steps(args, budget_s, max(warm[-1:], default=0.0))
+    times = [_timed(step, args.device) for _ in range(n_steps)]
+    out = _stats(times, args)
+    if args.device == "cuda":
+        out["peak_mib"] = torch.cuda.max_memory_allocated() / MIB
+    return out
+
+
+def measure_interleaved(configurations: dict[str, tuple], args,
+                        budget_s: float | None = None) -> dict[str, dict]:
+    """:func:`measure` for several ``{name: (build, make_step)}`` at once, their timed steps
+    taken in turn (one of each per round) so that a change in the machine's load hits them
+    alike. ``peak_mib`` is ``None`` (the models are alive together)."""
+    gc.collect()
+    steps = {name: make_step(build().to(args.device))
+             for name, (build, make_step) in configurations.items()}
+    round_s = 0.0  # one step of each, at the speed of the last warm-up steps
+    for step in steps.values():
+        warm = [_timed(step, args.device) for _ in range(_n_warmup(args, budget_s))]
+        round_s += max(warm[-1:], default=0.0)
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(_n_steps(args, budget_s, round_s)):
+        for name, step in steps.items():
+            times[name].append(_timed(step, args.device))
+    return {name: _stats(t, args) for name, t in times.items()}
 
 
 def cpu_model() -> str:
@@ -259,19 +307,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine(device: str) -> str:
+    """CPU model, logical CPUs, torch threads, torch version and device (with the GPU's name)."""
+    name = f"cuda ({torch.cuda.get_device_name()})" if device == "cuda" else device
+    return (f"{cpu_model()} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch "
+            f"threads), torch {torch.__version__}, device {name}")
+
+
 def format_report(args: argparse.Namespace, preset: dict, results: dict[str, dict]) -> str:
     """The markdown section: date, machine, settings, results table and ratios."""
     enc = preset["encoder"]
     n_latents = round(enc["sequence_length"] / enc["latent_step"]) * enc["num_latents_per_step"]
-    device = "cpu"
-    if args.device == "cuda":
-        device = f"cuda ({torch.cuda.get_device_name()})"
     cuda = args.device == "cuda"
     lines = [
         f"## Encoder benchmark, {datetime.datetime.now():%Y-%m-%d %H:%M}",
         "",
-        f"- machine: {cpu_model()} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} "
-        f"torch threads), torch {torch.__version__}, device {device}",
+        f"- machine: {machine(args.device)}",
         f"- settings: model {args.model} (dim {enc['dim']}, depth {enc['depth']}, "
         f"{n_latents} latents, decoder depth {preset['decoder']['depth']}), batch {args.batch}, "
         f"spikes {args.spikes}, queries {args.queries}, units {args.units}, "
@@ -304,34 +355,40 @@ def format_report(args: argparse.Namespace, preset: dict, results: dict[str, dic
     return "\n".join(lines) + "\n"
 
 
+def compare(args: argparse.Namespace, preset: dict, names: tuple[str, ...] = CONFIGURATIONS,
+            budget_s: float | None = None, interleave: bool = False) -> dict[str, dict]:
+    """Time the configurations ``names`` (all four by default) on one synthetic batch, one
+    after the other (with each one's CUDA peak memory) or ``interleave``\ d."""
+    batch = _to(make_batch(args, preset["encoder"]), args.device)
+    n = args.units
+    configurations = {
+        "POYO train step": (
+            lambda: build_poyo(preset, n), lambda m: train_step(m, poyo_loss, batch, args)
+        ),
+        "NeuroBridge train step": (
+            lambda: build_masked_model(preset, n),
+            lambda m: train_step(m, masked_loss, batch, args),
+        ),
+        "POYO forward": (
+            lambda: build_poyo(preset, n),
+            lambda m: forward_step(lambda p: p(**batch["spikes"], **batch["outputs"]), m, args),
+        ),
+        "NeuroBridge encode": (
+            lambda: build_encoder(preset, n),
+            lambda m: forward_step(lambda e: e.encode(**batch["spikes"]), m, args),
+        ),
+    }
+    if interleave:
+        return measure_interleaved({name: configurations[name] for name in names}, args, budget_s)
+    return {name: measure(*configurations[name], args, budget_s=budget_s) for name in names}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     preset = load_preset(args.model)
-    batch = _to(make_batch(args, preset["encoder"]), args.device)
-    n = args.units
-    results = {
-        "POYO train step": measure(
-            lambda: build_poyo(preset, n), lambda m: train_step(m, poyo_loss, batch, args), args
-        ),
-        "NeuroBridge train step": measure(
-            lambda: build_masked_model(preset, n),
-            lambda m: train_step(m, masked_loss, batch, args),
-            args,
-        ),
-        "POYO forward": measure(
-            lambda: build_poyo(preset, n),
-            lambda m: forward_step(lambda p: p(**batch["spikes"], **batch["outputs"]), m, args),
-            args,
-        ),
-        "NeuroBridge encode": measure(
-            lambda: build_encoder(preset, n),
-            lambda m: forward_step(lambda e: e.encode(**batch["spikes"]), m, args),
-            args,
-        ),
-    }
-    report = format_report(args, preset, results)
+    report = format_report(args, preset, compare(args, preset))
     print(report, end="")
     if args.record is not None:
         args.record.parent.mkdir(parents=True, exist_ok=True)
