@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from temporaldata import Interval
 from torch.utils.data import DataLoader
 from torch_brain.data import collate
 
@@ -26,12 +27,52 @@ from neurobridge.data.stimuli import (
 )
 from neurobridge.masking import MASKING_MODES
 
-__all__ = ["NeuralDataModule", "StimulusDataModule", "default_cache_dir"]
+__all__ = [
+    "NeuralDataModule",
+    "StimulusDataModule",
+    "check_train_seconds",
+    "default_cache_dir",
+    "first_seconds",
+]
 
 
 def default_cache_dir() -> Path:
     """``$NEUROBRIDGE_CACHE`` or ``~/.cache/neurobridge``."""
     return Path(os.environ.get("NEUROBRIDGE_CACHE", Path.home() / ".cache" / "neurobridge"))
+
+
+def check_train_seconds(value) -> None:
+    """``data.train_seconds`` is ``None`` or a positive number of seconds."""
+    if value is None:
+        return
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+    if not ok or not np.isfinite(value):
+        raise ValueError(
+            f"data.train_seconds must be null (all training data) or a positive number of "
+            f"seconds, got {value!r}."
+        )
+
+
+def first_seconds(interval: Interval, seconds: float, window: float, recording_id: str) -> Interval:
+    """The first ``seconds`` of ``interval`` (its blocks in time order, the last one cut).
+
+    Raises a ValueError naming the recording when no kept block holds a ``window``-long window.
+    """
+    start = np.asarray(interval.start, dtype=np.float64)
+    end = np.asarray(interval.end, dtype=np.float64)
+    order = np.argsort(start, kind="stable")
+    start, end = start[order], end[order]
+    before = np.cumsum(end - start) - (end - start)  # seconds of the split before each block
+    keep = before < seconds - 1e-9
+    start, end = start[keep], np.minimum(end[keep], start[keep] + (seconds - before[keep]))
+    if not np.any(end - start >= window - 1e-6):
+        longest = float((end - start).max()) if len(start) else 0.0
+        raise ValueError(
+            f"data.train_seconds={seconds:g} leaves recording {recording_id!r} no full training "
+            f"window of {window:g} s (its longest kept block is {longest:g} s); raise "
+            "data.train_seconds."
+        )
+    return Interval(start=start, end=end)
 
 
 class NeuralDataModule(L.LightningDataModule):
@@ -62,6 +103,11 @@ class NeuralDataModule(L.LightningDataModule):
         recording_weighting: how training windows are shared between recordings:
             ``"proportional"`` to recorded time, ``"uniform"``, or ``"sqrt"`` (see
             :class:`~neurobridge.data.samplers.TrainWindowSampler`).
+        train_seconds: few-shot training: keep only the first ``train_seconds`` seconds of
+            each recording's training split (its blocks in time order, the last one cut);
+            ``None`` keeps all. Windows never straddle two blocks, so a recording must keep at
+            least one block of ``sequence_length``. The smoothing baseline is fitted on the
+            same seconds.
     """
 
     def __init__(
@@ -84,6 +130,7 @@ class NeuralDataModule(L.LightningDataModule):
         max_val_windows: int | None = 64,
         train_max_queries: int | None = 384,
         recording_weighting: str = "proportional",
+        train_seconds: float | None = None,
     ):
         super().__init__()
         if root is None and synthetic is None:
@@ -94,6 +141,7 @@ class NeuralDataModule(L.LightningDataModule):
         if bad:
             raise ValueError(f"data.eval_modes has unknown modes {sorted(bad)}; valid: {list(MASKING_MODES)}.")
         check_recording_weighting(recording_weighting)
+        check_train_seconds(train_seconds)
         self.root = root
         self.synthetic = dict(synthetic) if synthetic is not None else None
         self.modality = modality
@@ -111,6 +159,7 @@ class NeuralDataModule(L.LightningDataModule):
         self.max_val_windows = max_val_windows
         self.train_max_queries = train_max_queries
         self.recording_weighting = recording_weighting
+        self.train_seconds = None if train_seconds is None else float(train_seconds)
         self.dataset: RecordingDataset | None = None
 
     # ----------------------------------------------------------------- setup
@@ -133,6 +182,11 @@ class NeuralDataModule(L.LightningDataModule):
             value_key=self.value_key,
         )
         self.intervals = {s: self.dataset.split_intervals(s) for s in ("train", "valid", "test")}
+        if self.train_seconds is not None:
+            self.intervals["train"] = {
+                rid: first_seconds(iv, self.train_seconds, self.sequence_length, rid)
+                for rid, iv in self.intervals["train"].items()
+            }
         self.recording_of_session = dict(zip(self.dataset.session_ids(), self.dataset.recording_ids))
 
     @property

@@ -56,6 +56,12 @@ class RecordingDataset(Dataset):
                 f"Data folder {root} holds no recording (*.h5) files. Convert your data with the "
                 "scripts in scripts/, or use data=synthetic."
             )
+        unknown = [r for r in recording_ids or () if r not in found]
+        if unknown:
+            raise ValueError(
+                f"data.recording_ids names recordings that are not in {root}: {unknown}; "
+                f"it holds {found[:10]}{' ...' if len(found) > 10 else ''}."
+            )
         for rid in found:
             _check_hdf5(root / f"{rid}.h5")
         super().__init__(root, recording_ids=recording_ids, keep_files_open=True)

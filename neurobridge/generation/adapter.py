@@ -6,15 +6,61 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["DiffusionAdapter", "adapter_for_unet", "check_adapter_matches_unet"]
+__all__ = [
+    "ConditioningDrop",
+    "DiffusionAdapter",
+    "adapter_for_unet",
+    "check_adapter_matches_unet",
+]
 
 
-def _check_positive_int(name: str, value: int) -> None:
+def _check_positive_int(name: str, value: int, owner: str = "DiffusionAdapter") -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"DiffusionAdapter {name} must be a positive integer, got {value!r}.")
+        raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}.")
 
 
-class DiffusionAdapter(nn.Module):
+class ConditioningDrop(nn.Module):
+    """Per-sample conditioning drop for classifier-free guidance, shared by the routes.
+
+    Subclasses set ``cond_drop_prob``; in training mode each sample's conditioning is replaced
+    by the unconditional one with that probability.
+    """
+
+    cond_drop_prob: float = 0.0
+
+    def sample_drop_mask(
+        self,
+        batch_size: int,
+        *,
+        device: torch.device | str | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """``[batch_size]`` bool, True where a sample's conditioning is dropped.
+
+        Each entry is True with probability ``cond_drop_prob`` in training mode; all False in
+        eval mode. Drawn on ``generator``'s device, then moved to ``device``.
+        """
+        if not self.training or self.cond_drop_prob == 0.0:
+            return torch.zeros(batch_size, dtype=torch.bool, device=device)
+        draw_device = generator.device if generator is not None else device
+        u = torch.rand(batch_size, generator=generator, device=draw_device)
+        return (u < self.cond_drop_prob).to(device)
+
+    def _resolve_drop_mask(
+        self, clip_embeds: Tensor, drop_mask: Tensor | None, generator: torch.Generator | None
+    ) -> Tensor:
+        batch_size = clip_embeds.shape[0]
+        if drop_mask is None:
+            return self.sample_drop_mask(batch_size, device=clip_embeds.device, generator=generator)
+        if drop_mask.shape != (batch_size,) or drop_mask.dtype != torch.bool:
+            raise ValueError(
+                f"drop_mask must be a bool tensor of shape [{batch_size}], got "
+                f"{drop_mask.dtype} of shape {tuple(drop_mask.shape)}."
+            )
+        return drop_mask.to(clip_embeds.device)
+
+
+class DiffusionAdapter(ConditioningDrop):
     """Maps a neural embedding in CLIP space to the conditioning of a frozen diffusion UNet.
 
     ``[B, clip_dim]`` → token expander (LayerNorm, Linear, GELU, Linear) → ``[B, num_tokens,
@@ -109,37 +155,6 @@ class DiffusionAdapter(nn.Module):
         self.class_proj = (
             nn.Linear(clip_dim, class_embed_dim) if class_embed_dim is not None else None
         )
-
-    def sample_drop_mask(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """``[batch_size]`` bool, True where a sample's conditioning is replaced by the null one.
-
-        Each entry is True with probability ``cond_drop_prob`` in training mode; all False in
-        eval mode. Drawn on ``generator``'s device, then moved to ``device``.
-        """
-        if not self.training or self.cond_drop_prob == 0.0:
-            return torch.zeros(batch_size, dtype=torch.bool, device=device)
-        draw_device = generator.device if generator is not None else device
-        u = torch.rand(batch_size, generator=generator, device=draw_device)
-        return (u < self.cond_drop_prob).to(device)
-
-    def _resolve_drop_mask(
-        self, clip_embeds: Tensor, drop_mask: Tensor | None, generator: torch.Generator | None
-    ) -> Tensor:
-        batch_size = clip_embeds.shape[0]
-        if drop_mask is None:
-            return self.sample_drop_mask(batch_size, device=clip_embeds.device, generator=generator)
-        if drop_mask.shape != (batch_size,) or drop_mask.dtype != torch.bool:
-            raise ValueError(
-                f"drop_mask must be a bool tensor of shape [{batch_size}], got "
-                f"{drop_mask.dtype} of shape {tuple(drop_mask.shape)}."
-            )
-        return drop_mask.to(clip_embeds.device)
 
     def _hidden_states(self, clip_embeds: Tensor) -> Tensor:
         if clip_embeds.ndim != 2 or clip_embeds.shape[1] != self.clip_dim:
@@ -251,8 +266,23 @@ def adapter_for_unet(unet: nn.Module, *, clip_dim: int, **kwargs) -> DiffusionAd
     )
 
 
-def check_adapter_matches_unet(adapter: DiffusionAdapter, unet: nn.Module) -> None:
-    """Raise ValueError if ``adapter``'s conditioning does not fit ``unet``'s inputs."""
+def check_adapter_matches_unet(adapter: nn.Module, unet: nn.Module) -> None:
+    """Raise ValueError if ``adapter``'s conditioning does not fit ``unet``'s inputs.
+
+    ``adapter`` is a :class:`DiffusionAdapter` or an
+    :class:`~neurobridge.generation.ip_adapter.IPAdapterConditioning` (which must be installed
+    in ``unet``).
+    """
+    from .ip_adapter import IPAdapterConditioning, has_ip_adapter
+
+    if isinstance(adapter, IPAdapterConditioning):
+        adapter.check_unet(unet)
+        return
+    if has_ip_adapter(unet):
+        raise ValueError(
+            "The UNet has an IP-Adapter installed; a DiffusionAdapter (route prompt_embeds) "
+            "conditions a plain UNet."
+        )
     cond_dim, class_embed_dim = _unet_conditioning_dims(unet)
     if adapter.cond_dim != cond_dim:
         raise ValueError(

@@ -1,8 +1,11 @@
 """Stable Diffusion components driven directly: latent encoding, the denoising loss, sampling.
 
 No diffusers pipeline is used (``StableDiffusionPipeline`` needs ``transformers``); the
-conditioning comes from :class:`~neurobridge.generation.adapter.DiffusionAdapter` as a dict of
-``UNet2DConditionModel.forward`` keyword arguments. Images are ``[B, 3, H, W]`` floats in
+conditioning comes from :class:`~neurobridge.generation.adapter.DiffusionAdapter` (prompt_embeds
+route) or :class:`~neurobridge.generation.ip_adapter.IPAdapterConditioning` (ip_adapter route)
+as a dict of ``UNet2DConditionModel.forward`` keyword arguments, except ``"image_embeds"``
+``[B, d_clip]``, the IP-Adapter image embedding, which is passed as
+``added_cond_kwargs={"image_embeds": [image_embeds[:, None]]}``. Images are ``[B, 3, H, W]`` floats in
 ``[0, 1]``.
 """
 
@@ -66,6 +69,7 @@ def freeze(components: DiffusionComponents) -> DiffusionComponents:
     """Put the UNet and the VAE in eval mode with ``requires_grad=False``; returns the input.
 
     Call it again after a parent module's ``.train()`` switched them back to training mode.
+    IP-Adapter parts installed in the UNet are frozen too (``AdapterTraining`` re-enables them).
     """
     for module in (components.unet, components.vae):
         module.requires_grad_(False)
@@ -258,9 +262,27 @@ def _decode_latents(components: DiffusionComponents, latents: Tensor) -> Tensor:
 
 
 def _to_unet(conditioning: dict[str, Tensor], unet: UNet2DConditionModel) -> dict[str, Tensor]:
+    """``conditioning`` on the UNet's device and dtype, checked against its IP-Adapter state."""
     if "encoder_hidden_states" not in conditioning:
         raise ValueError("conditioning must contain 'encoder_hidden_states'.")
+    ip_installed = getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj"
+    if ("image_embeds" in conditioning) != ip_installed:
+        raise ValueError(
+            "conditioning with 'image_embeds' (the ip_adapter route) needs a UNet with an "
+            "IP-Adapter installed (IPAdapterConditioning), and such a UNet needs them; got "
+            f"keys {sorted(conditioning)} for a UNet "
+            f"{'with' if ip_installed else 'without'} an IP-Adapter."
+        )
     return {k: v.to(device=unet.device, dtype=unet.dtype) for k, v in conditioning.items()}
+
+
+def _unet_kwargs(conditioning: dict[str, Tensor]) -> dict:
+    """``UNet2DConditionModel.forward`` keyword arguments: ``image_embeds`` ``[B, d]`` becomes
+    ``added_cond_kwargs={"image_embeds": [[B, 1, d]]}`` (one IP-Adapter, one image each)."""
+    kwargs = {k: v for k, v in conditioning.items() if k != "image_embeds"}
+    if "image_embeds" in conditioning:
+        kwargs["added_cond_kwargs"] = {"image_embeds": [conditioning["image_embeds"][:, None]]}
+    return kwargs
 
 
 def noise_prediction_loss(
@@ -275,12 +297,14 @@ def noise_prediction_loss(
     One uniformly drawn timestep and one Gaussian noise per sample; the target is the noise
     (``prediction_type="epsilon"``), the velocity (``"v_prediction"``) or the clean latents
     (``"sample"``), following ``components.scheduler.config.prediction_type``. Gradients flow
-    into ``conditioning`` (the adapter), not into the frozen UNet.
+    into ``conditioning`` (the adapter) and into the UNet parameters that require them (the
+    IP-Adapter parts of the ip_adapter route), not into the frozen base UNet.
 
     Args:
         components: the model.
         latents: ``[B, C, h, w]`` clean latents from :func:`encode_images`.
-        conditioning: ``UNet2DConditionModel.forward`` keyword arguments with batch ``B``.
+        conditioning: ``UNet2DConditionModel.forward`` keyword arguments with batch ``B`` (see
+            the module docstring for ``"image_embeds"``).
         generator: random generator of timesteps and noise (drawn on its device).
 
     Returns:
@@ -299,7 +323,7 @@ def noise_prediction_loss(
         device=draw_device,
     ).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, timesteps)
-    prediction = unet(noisy, timesteps, **_to_unet(conditioning, unet)).sample
+    prediction = unet(noisy, timesteps, **_unet_kwargs(_to_unet(conditioning, unet))).sample
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
         target = noise
@@ -333,7 +357,8 @@ def generate(
 
     Args:
         components: the model.
-        conditioning: ``UNet2DConditionModel.forward`` keyword arguments with batch ``B``.
+        conditioning: ``UNet2DConditionModel.forward`` keyword arguments with batch ``B`` (see
+            the module docstring for ``"image_embeds"``).
         null_conditioning: the unconditional branch, same keys and batch; required when
             ``guidance_scale > 1``, unused otherwise.
         num_inference_steps: number of DDIM steps.
@@ -376,6 +401,7 @@ def generate(
             )
         cond = {k: torch.cat([null[k], cond[k]]) for k in cond}
 
+    unet_kwargs = _unet_kwargs(cond)
     scheduler = DDIMScheduler.from_config(components.scheduler.config, clip_sample=False)
     scheduler.set_timesteps(num_inference_steps, device=unet.device)
     shape = (batch, unet.config.in_channels, height // factor, width // factor)
@@ -383,7 +409,7 @@ def generate(
     for t in scheduler.timesteps:
         model_input = torch.cat([latents, latents]) if guided else latents
         model_input = scheduler.scale_model_input(model_input, t)
-        prediction = unet(model_input, t, **cond).sample
+        prediction = unet(model_input, t, **unet_kwargs).sample
         if guided:
             uncond, conditional = prediction.chunk(2)
             prediction = uncond + guidance_scale * (conditional - uncond)

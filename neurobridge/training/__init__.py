@@ -1,7 +1,7 @@
 """Lightning modules, task builders and the task runner."""
 
 from .align import AlignmentTraining
-from .builders import build_alignment, build_pretraining
+from .builders import build_alignment, build_pretraining, build_session_adaptation
 from .checkpoint import load_alignment_model, load_masked_model
 from .pretrain import MaskedPretraining
 from .run import run
@@ -11,6 +11,7 @@ __all__ = [
     "MaskedPretraining",
     "build_alignment",
     "build_pretraining",
+    "build_session_adaptation",
     "load_alignment_model",
     "load_masked_model",
     "run",

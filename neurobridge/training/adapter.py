@@ -12,6 +12,7 @@ from neurobridge.alignment import AlignmentModel
 from neurobridge.generation import (
     DiffusionAdapter,
     DiffusionComponents,
+    IPAdapterConditioning,
     check_adapter_matches_unet,
     encode_images,
     freeze,
@@ -25,18 +26,23 @@ __all__ = ["AdapterTraining"]
 
 
 class AdapterTraining(L.LightningModule):
-    """Trains a :class:`DiffusionAdapter` with the DDPM noise-prediction loss.
+    """Trains a conditioning route with the DDPM noise-prediction loss.
 
     The aligned neural embedding of each stimulus-locked window conditions the frozen UNet
     through the adapter; the target is the VAE latent of the image that was shown. The aligned
-    model, the UNet and the VAE are frozen and stay in eval mode. Checkpoints hold the aligned
-    model and the adapter but not the UNet and VAE (rebuilt from the config: a local Stable
-    Diffusion folder, or the tiny random model's seed), so loading uses
-    ``strict_loading = False``.
+    model, the UNet and the VAE are frozen and stay in eval mode. Two routes:
+    :class:`DiffusionAdapter` (``prompt_embeds``: the adapter makes the UNet's
+    ``encoder_hidden_states``) and :class:`IPAdapterConditioning` (``ip_adapter``: the image
+    projection, the IP attention ``to_k_ip`` / ``to_v_ip`` and the text context learn; they
+    are installed in the UNet, whose base weights stay frozen). Checkpoints hold the aligned
+    model and the adapter (for ``ip_adapter``, its IP-Adapter weights) but not the UNet's base
+    weights and the VAE (rebuilt from the config: a local Stable Diffusion folder, or the tiny
+    random model's seed), so loading uses ``strict_loading = False``.
 
     Args:
         aligned: the aligned model (from ``task=align`` / ``finetune``).
-        adapter: the adapter to train.
+        adapter: the conditioning to train; an :class:`IPAdapterConditioning` must be
+            installed in ``diffusion.unet``.
         diffusion: frozen UNet + VAE + training noise schedule.
         optimizer, scheduler, total_steps: as in :class:`MaskedPretraining`.
         model_config: stored in checkpoints (see :func:`neurobridge.training.load_adapter`).
@@ -49,7 +55,7 @@ class AdapterTraining(L.LightningModule):
         self,
         *,
         aligned: AlignmentModel,
-        adapter: DiffusionAdapter,
+        adapter: DiffusionAdapter | IPAdapterConditioning,
         diffusion: DiffusionComponents,
         optimizer: dict,
         scheduler: dict,
@@ -78,6 +84,8 @@ class AdapterTraining(L.LightningModule):
         super().train(mode)
         self.aligned.eval()
         freeze(self.diffusion)
+        # the ip_adapter route's trainable parts live inside the UNet: freeze() caught them
+        self.adapter.requires_grad_(True)
         return self
 
     def _loss(self, batch: dict, generator: torch.Generator | None = None) -> Tensor:

@@ -30,12 +30,18 @@ from neurobridge.data import (
     default_cache_dir,
     open_image_source,
 )
-from neurobridge.generation import adapter_for_unet
+from neurobridge.generation import (
+    IPAdapterConditioning,
+    adapter_for_unet,
+    load_ip_adapter_weights,
+)
 from neurobridge.masking import MaskingController
 from neurobridge.models import MaskedModel, NeuroBridgeCaPOYO
+from neurobridge.training.adapt import extend_vocab, freeze_for_adaptation
 from neurobridge.training.adapter import AdapterTraining
 from neurobridge.training.align import AlignmentTraining
 from neurobridge.training.checkpoint import (
+    ADAPTER_ROUTES,
     build_diffusion,
     load_alignment_model,
     load_masked_model,
@@ -49,6 +55,8 @@ __all__ = [
     "build_alignment",
     "build_datamodule",
     "build_pretraining",
+    "build_session_adaptation",
+    "check_adaptation_source",
     "center_embeddings",
     "image_embeddings",
 ]
@@ -130,6 +138,79 @@ def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataMod
     return module, dm
 
 
+def build_session_adaptation(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
+    """Data module and LightningModule for ``task=adapt_session``.
+
+    The masked model of ``init_from`` (a pretraining checkpoint) gets the data's new units and
+    sessions added to its vocabularies (``task.init``) and is frozen except their new rows
+    (and the ``task.unfreeze`` prefixes); it trains with the masked-pretraining objective and
+    metrics, and its checkpoint is a pretraining one with the extended vocabularies.
+    """
+    init_from = cfg.get("init_from")
+    check_adaptation_source(init_from)
+    model, model_config = load_masked_model(init_from, with_config=True)
+    enc = model.encoder
+    dm = build_datamodule(cfg, stimulus=False)
+    modality = "values" if isinstance(enc, NeuroBridgeCaPOYO) else "spikes"
+    if modality != dm.modality:
+        raise ValueError(
+            f"init_from={init_from} holds a {type(enc).__name__} encoder (data.modality="
+            f"{modality}), but data.modality is {dm.modality!r}."
+        )
+    if abs(enc.sequence_length - dm.sequence_length) > 1e-9:
+        raise ValueError(
+            f"init_from={init_from} was trained on {enc.sequence_length:g} s windows but "
+            f"data.sequence_length is {dm.sequence_length:g}: set "
+            f"model.encoder.sequence_length={enc.sequence_length:g}."
+        )
+    task = cfg.task
+    added = extend_vocab(model, dm.unit_ids, dm.session_ids, init=str(task.init))
+    if not added.units and not added.sessions:
+        raise ValueError(
+            f"Every unit and session of the data is already in the vocabulary of {init_from}: "
+            "task=adapt_session learns embeddings for new recordings. To train further on "
+            "known recordings, continue the pretraining run (task=pretrain "
+            "resume_from=<its last.ckpt>)."
+        )
+    known = [rid for rid, sid in zip(dm.dataset.recording_ids, dm.session_ids)
+             if sid not in added.sessions]
+    if known:
+        log.warning("Recordings %s are already known to %s: their rows stay frozen.", known,
+                    init_from)
+    trainable = freeze_for_adaptation(model, added, list(task.get("unfreeze") or ()))
+    model.train()  # load_masked_model returns eval mode; train as pretraining did
+    log.info(
+        "Adapting %s to %d new units and %d new sessions; trainable: %s",
+        init_from, len(added.units), len(added.sessions), trainable,
+    )
+    dm.tokenizer = build_tokenizer(cfg, model.encoder, dm)
+    module = MaskedPretraining(
+        model=model,
+        optimizer=_container(task.optimizer),
+        scheduler=_container(task.scheduler),
+        total_steps=int(cfg.trainer.max_steps),
+        baseline=_container(task.baseline) if task.baseline else None,
+        model_config=model_config,
+    )
+    return module, dm
+
+
+def check_adaptation_source(init_from) -> None:
+    """``init_from`` must name a pretraining (``masked``) checkpoint."""
+    if not init_from:
+        raise ValueError(
+            "task=adapt_session needs init_from=<checkpoint of task=pretrain> (e.g. "
+            "outputs/pretrain/<date>/checkpoints/last.ckpt): it adapts a pretrained model to "
+            "new recordings."
+        )
+    kind = read_checkpoint_kind(init_from)
+    if kind != "masked":
+        raise ValueError(
+            f"init_from={init_from} is an {kind!r} checkpoint; task=adapt_session adapts a "
+            "pretraining checkpoint (task=pretrain, or an earlier task=adapt_session run)."
+        )
+
+
 # ------------------------------------------------------------------------ alignment
 
 
@@ -187,7 +268,9 @@ def _check_vocab(model: MaskedModel, dm: NeuralDataModule, path: str) -> None:
         raise ValueError(
             f"{len(missing)} units/sessions of the data are not in the vocabulary of {path} "
             f"(e.g. {missing[:3]}). Select the recordings the checkpoint was pretrained on "
-            "(data.recording_ids=[...]); a model cannot yet be adapted to new sessions."
+            "(data.recording_ids=[...]), or first adapt the pretrained model to the new "
+            "recordings with task=adapt_session init_from=<pretraining checkpoint> and use "
+            "its checkpoint."
         )
 
 
@@ -268,6 +351,9 @@ def build_adapter(cfg: DictConfig) -> tuple[AdapterTraining, StimulusDataModule]
     """Data module (with image pixels) and LightningModule for ``task=adapter``.
 
     ``init_from`` must name an ``align`` / ``finetune`` checkpoint; its model is frozen.
+    ``task.route`` picks the conditioning: ``prompt_embeds`` (a :class:`DiffusionAdapter`
+    from ``task.adapter``) or ``ip_adapter`` (an :class:`IPAdapterConditioning` from
+    ``task.ip_adapter``, started from the weight file ``task.ip_adapter.weights`` when set).
     """
     init_from = cfg.get("init_from")
     if not init_from or read_checkpoint_kind(init_from) != "alignment":
@@ -277,17 +363,30 @@ def build_adapter(cfg: DictConfig) -> tuple[AdapterTraining, StimulusDataModule]
         )
     aligned, model_config = load_alignment_model(init_from, with_config=True)
     task = cfg.task
+    route = task.get("route", "prompt_embeds")
+    if route not in ADAPTER_ROUTES:
+        raise ValueError(f"task.route must be one of {ADAPTER_ROUTES}, got {route!r}.")
     diffusion_cfg = _container(task.diffusion)
     diffusion = build_diffusion(diffusion_cfg)
-    adapter = adapter_for_unet(
-        diffusion.unet, clip_dim=aligned.projector.out_dim, **_container(task.adapter)
-    )
-    adapter_cfg = {
-        **_container(task.adapter),
-        "clip_dim": adapter.clip_dim,
-        "cond_dim": adapter.cond_dim,
-        "class_embed_dim": adapter.class_embed_dim,
-    }
+    clip_dim = aligned.projector.out_dim
+    if route == "ip_adapter":
+        ip_cfg = _container(task.ip_adapter)
+        weights = ip_cfg.pop("weights", None)
+        adapter = IPAdapterConditioning(diffusion.unet, clip_dim=clip_dim, **ip_cfg)
+        if weights:
+            load_ip_adapter_weights(adapter, weights)
+            log.info("IP-Adapter weights loaded from %s", weights)
+        adapter_cfg = {"route": route, **ip_cfg, "clip_dim": clip_dim,
+                       "weights": str(weights) if weights else None}
+    else:
+        adapter = adapter_for_unet(diffusion.unet, clip_dim=clip_dim, **_container(task.adapter))
+        adapter_cfg = {
+            "route": route,
+            **_container(task.adapter),
+            "clip_dim": adapter.clip_dim,
+            "cond_dim": adapter.cond_dim,
+            "class_embed_dim": adapter.class_embed_dim,
+        }
     dm = build_datamodule(cfg, stimulus=True)
     _check_vocab(aligned.masked_model, dm, init_from)
     dm.tokenizer = StimulusTokenizer(

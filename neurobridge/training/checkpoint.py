@@ -18,6 +18,7 @@ from neurobridge.alignment import AlignmentModel, LatentReadout, NeuralProjector
 from neurobridge.generation import (
     DiffusionAdapter,
     DiffusionComponents,
+    IPAdapterConditioning,
     build_tiny_stable_diffusion,
     load_stable_diffusion,
 )
@@ -34,6 +35,8 @@ __all__ = [
     "CHECKPOINT_KINDS",
     "AtomicCheckpointIO",
     "checkpoint_payload",
+    "ADAPTER_ROUTES",
+    "build_conditioning",
     "build_diffusion",
     "load_adapter",
     "load_alignment_model",
@@ -186,11 +189,36 @@ def load_alignment_model(
     return (model, cfg) if with_config else model
 
 
+#: conditioning routes of ``task=adapter`` (``task.route``)
+ADAPTER_ROUTES = ("prompt_embeds", "ip_adapter")
+
+
+def build_conditioning(adapter_cfg: dict, unet: torch.nn.Module):
+    """The conditioning module an adapter checkpoint's ``model.adapter`` config describes.
+
+    ``route`` (absent in checkpoints written before the ip_adapter route: ``prompt_embeds``)
+    picks :class:`DiffusionAdapter` or :class:`IPAdapterConditioning`; the latter is
+    installed in ``unet`` (its ``weights`` entry, the file it started from, is not read: the
+    checkpoint holds the trained weights).
+    """
+    cfg = dict(adapter_cfg)
+    route = cfg.pop("route", "prompt_embeds")
+    if route == "ip_adapter":
+        cfg.pop("weights", None)
+        return IPAdapterConditioning(unet, **cfg)
+    if route != "prompt_embeds":
+        raise ValueError(f"adapter route must be one of {ADAPTER_ROUTES}, got {route!r}.")
+    return DiffusionAdapter(**cfg)
+
+
 def load_adapter(path: str | Path, map_location: str | torch.device = "cpu"):
     """Load an ``adapter`` checkpoint: ``(aligned_model, adapter, diffusion, model_config)``.
 
     The diffusion model (UNet, VAE, noise schedule) is rebuilt from the stored config: the
     local Stable Diffusion folder it names, or the tiny random-weight model with its seed.
+    ``adapter`` is a :class:`DiffusionAdapter` (route ``prompt_embeds``) or an
+    :class:`IPAdapterConditioning` installed in ``diffusion.unet`` with its trained
+    IP-Adapter weights (route ``ip_adapter``).
     """
     ckpt, meta, path = _read(path, map_location)
     if meta.get("kind") != "adapter":
@@ -200,9 +228,10 @@ def load_adapter(path: str | Path, map_location: str | torch.device = "cpu"):
         )
     cfg = meta["model"]
     aligned = _alignment_model(cfg, _with_prefix(ckpt["state_dict"], "aligned."), path)
-    adapter = DiffusionAdapter(**cfg["adapter"])
+    diffusion = build_diffusion(cfg["diffusion"])
+    adapter = build_conditioning(cfg["adapter"], diffusion.unet)
     _load_state(adapter, _with_prefix(ckpt["state_dict"], "adapter."), path)
-    return aligned, adapter.eval(), build_diffusion(cfg["diffusion"]), cfg
+    return aligned, adapter.eval(), diffusion, cfg
 
 
 def build_diffusion(cfg: dict) -> DiffusionComponents:

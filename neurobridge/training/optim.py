@@ -9,7 +9,15 @@ from torch_brain.optim import SparseLamb
 
 __all__ = ["build_optimizer", "build_scheduler", "configure_optimization"]
 
-_EMBEDDING_SUFFIXES = ("unit_emb.weight", "session_emb.weight")
+# the embedding tables; ``new_rows``: their learnable rows during task=adapt_session
+_EMBEDDING_SUFFIXES = ("unit_emb.weight", "session_emb.weight", "unit_emb.new_rows",
+                       "session_emb.new_rows")
+
+
+def _is_embedding_or_norm(pname: str) -> bool:
+    """``latent_emb.weight``, ``mode_emb.weight``, ``…norm.weight``: but not a layer that merely
+    has "emb" in its name, such as diffusers' ``image_proj.image_embeds`` (a Linear)."""
+    return any(part.endswith("_emb") or "norm" in part for part in pname.split(".")[:-1])
 
 
 def build_optimizer(
@@ -26,7 +34,7 @@ def build_optimizer(
             continue
         if pname.endswith(_EMBEDDING_SUFFIXES):
             sparse.append(p)
-        elif p.ndim < 2 or "emb" in pname or "norm" in pname:
+        elif p.ndim < 2 or _is_embedding_or_norm(pname):
             no_decay.append(p)
         else:
             decay.append(p)

@@ -13,7 +13,13 @@ from PIL import Image
 
 from neurobridge.alignment import build_clip_image_encoder, two_way_identification
 from neurobridge.data import ImagePixels, StimulusTokenizer, open_image_source
-from neurobridge.generation import generate, pixcorr, save_image_grid, ssim
+from neurobridge.generation import (
+    IPAdapterConditioning,
+    generate,
+    pixcorr,
+    save_image_grid,
+    ssim,
+)
 from neurobridge.io import write_json_atomic
 from neurobridge.training.align import mean_test_embeddings
 from neurobridge.training.builders import build_datamodule, build_tokenizer
@@ -30,7 +36,7 @@ def _to_pil(images: torch.Tensor) -> list[Image.Image]:
 
 
 def run_reconstruction(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
-    """Reconstruct test images from an adapter checkpoint (``init_from``); write
+    """Reconstruct test images from an adapter checkpoint (``init_from``, either route); write
     ``reconstructions.png`` and ``metrics.json`` into ``run_dir``."""
     init_from = cfg.get("init_from")
     if not init_from or read_checkpoint_kind(init_from) != "adapter":
@@ -43,6 +49,13 @@ def run_reconstruction(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]
         raise ValueError(f"task.max_images must be >= 2 (2-way needs pairs), got {task.max_images}.")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     aligned, adapter, diffusion, model_config = load_adapter(init_from)
+    if task.get("ip_adapter_scale") is not None:
+        if not isinstance(adapter, IPAdapterConditioning):
+            raise ValueError(
+                f"task.ip_adapter_scale is set, but {init_from} was trained with the "
+                "prompt_embeds route: leave task.ip_adapter_scale=null."
+            )
+        adapter.scale = float(task.ip_adapter_scale)
     for module in (aligned, adapter, diffusion.unet, diffusion.vae):
         module.to(device).eval()
 

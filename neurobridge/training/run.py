@@ -10,14 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from neurobridge.data.datamodule import check_train_seconds
 from neurobridge.io import write_json_atomic
 from neurobridge.masking import MaskingController
-from neurobridge.training.builders import build_adapter, build_alignment, build_pretraining
+from neurobridge.training.adapt import INIT_MODES
+from neurobridge.training.builders import (
+    build_adapter,
+    build_alignment,
+    build_pretraining,
+    build_session_adaptation,
+    check_adaptation_source,
+)
 from neurobridge.training.checkpoint import AtomicCheckpointIO, read_checkpoint_meta
 from neurobridge.training.reconstruct import run_reconstruction
 
@@ -28,6 +38,7 @@ log = logging.getLogger(__name__)
 #: training task name -> builder of (LightningModule, data module)
 _BUILDERS = {
     "pretrain": build_pretraining,
+    "adapt_session": build_session_adaptation,
     "align": build_alignment,
     "finetune": build_alignment,
     "adapter": build_adapter,
@@ -55,6 +66,11 @@ def _validate(cfg: DictConfig) -> None:
             f"({cfg.data.bin_size})."
         )
     MaskingController(**OmegaConf.to_container(cfg.masking, resolve=True))  # checks ratios
+    check_train_seconds(cfg.data.get("train_seconds"))
+    if cfg.task.name == "adapt_session":
+        if cfg.task.init not in INIT_MODES:
+            raise ValueError(f"task.init must be one of {list(INIT_MODES)}, got {cfg.task.init!r}.")
+        check_adaptation_source(cfg.get("init_from"))
     wants_values = "CaPOYO" in str(enc._target_)
     if wants_values != (cfg.data.modality == "values"):
         raise ValueError(
@@ -100,8 +116,8 @@ def run_info() -> dict[str, Any]:
 
 
 #: checkpoint kind each training task writes (and resumes from)
-_KIND_OF_TASK = {"pretrain": "masked", "align": "alignment", "finetune": "alignment",
-                 "adapter": "adapter"}
+_KIND_OF_TASK = {"pretrain": "masked", "adapt_session": "masked", "align": "alignment",
+                 "finetune": "alignment", "adapter": "adapter"}
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -153,6 +169,22 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
     return loggers
 
 
+def _module_for_test(cfg: DictConfig, module: L.LightningModule, trainer: L.Trainer,
+                     last_ckpt: str) -> L.LightningModule:
+    """The fitted module; under FSDP a freshly built one holding ``last_ckpt``'s full weights.
+
+    After ``fit`` an FSDP-wrapped module keeps only this rank's flat shard in its parameters,
+    and ``trainer.test`` would wrap it a second time. The checkpoint holds the gathered state.
+    """
+    if not isinstance(trainer.strategy, FSDPStrategy):
+        return module
+    trainer.strategy.barrier()
+    fresh, _ = _BUILDERS[cfg.task.name](cfg)
+    state = torch.load(last_ckpt, map_location="cpu", weights_only=True)["state_dict"]
+    fresh.load_state_dict(state, strict=fresh.strict_loading)
+    return fresh
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train, test and write ``run_dir/metrics.json`` and ``run_dir/checkpoints/last.ckpt``."""
     _validate(cfg)
@@ -184,6 +216,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume_from)
+    module = _module_for_test(cfg, module, trainer, ckpt.last_model_path)
     results = trainer.test(module, datamodule=dm)[0]
     metrics = {k: float(v) for k, v in results.items()}
     metrics["train/global_step"] = int(trainer.global_step)
@@ -192,7 +225,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         if cfg.task.get("plots", False):
             from neurobridge.training import plots
 
-            if cfg.task.name == "pretrain":
+            if cfg.task.name in ("pretrain", "adapt_session"):
                 plots.save_pretraining_plots(module, dm, run_dir)
             elif cfg.task.name in ("align", "finetune"):
                 plots.plot_retrieval(module, dm, run_dir / "retrieval.png")

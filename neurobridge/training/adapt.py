@@ -1,0 +1,180 @@
+"""Adapting a pretrained model to new recordings (``task=adapt_session``).
+
+The unit and session vocabularies are extended with the data's new words; units and sessions
+already known keep their rows and token indices. Training then moves only the new rows: every
+other parameter is frozen, and the known rows are held by :class:`PinnedRowsEmbedding` as a
+buffer, not as part of a parameter, so no gradient, optimiser moment or weight decay can reach
+them.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch_brain.nn import InfiniteVocabEmbedding
+
+from neurobridge.models import MaskedModel
+
+__all__ = [
+    "INIT_MODES",
+    "AddedWords",
+    "PinnedRowsEmbedding",
+    "extend_vocab",
+    "freeze_for_adaptation",
+]
+
+#: How the rows of new units / sessions start: ``"random"``, torch_brain's small normal
+#: initialisation (std ``init_scale``), or ``"mean"`` of the known rows (every new unit starts
+#: as the average unit). On the synthetic data ``random`` adapts faster (README).
+INIT_MODES = ("random", "mean")
+
+
+class PinnedRowsEmbedding(InfiniteVocabEmbedding):
+    """An :class:`InfiniteVocabEmbedding` whose first ``n_pinned`` rows cannot change.
+
+    The pinned rows are a non-persistent buffer and only the later rows are a parameter
+    (``new_rows``), so an optimiser never holds the pinned ones. :attr:`weight` is both, in
+    vocabulary order; the state dict is that of a plain :class:`InfiniteVocabEmbedding`
+    (``weight`` with every row, ``vocab``), so checkpoints load into one unchanged.
+
+    Args:
+        source: the embedding to take the vocabulary and rows from (not modified).
+        n_pinned: rows ``[0, n_pinned)`` are pinned (row 0 is the padding word ``"NA"``).
+    """
+
+    def __init__(self, source: InfiniteVocabEmbedding, n_pinned: int):
+        # InfiniteVocabEmbedding.__init__ registers a lazy ``weight`` parameter: this class
+        # computes ``weight`` instead, so it sets the same attributes itself.
+        nn.Module.__init__(self)
+        if source.is_lazy():
+            raise ValueError("The source embedding has no vocabulary yet.")
+        if not 1 <= n_pinned <= len(source.vocab):
+            raise ValueError(f"n_pinned must be in [1, {len(source.vocab)}], got {n_pinned}.")
+        self.embedding_dim = source.embedding_dim
+        self.init_scale = source.init_scale
+        self.padding_idx = source.padding_idx
+        self.vocab = OrderedDict(source.vocab)
+        rows = source.weight.detach()
+        self.register_buffer("pinned_rows", rows[:n_pinned].clone(), persistent=False)
+        self.new_rows = nn.Parameter(rows[n_pinned:].clone())
+
+    @property
+    def n_pinned(self) -> int:
+        return len(self.pinned_rows)
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]
+        return torch.cat((self.pinned_rows, self.new_rows))
+
+    def extend_vocab(self, vocab, exist_ok=False):  # noqa: D102
+        raise NotImplementedError("A PinnedRowsEmbedding is not extended: extend the source one.")
+
+    def subset_vocab(self, vocab, inplace=True):  # noqa: D102
+        raise NotImplementedError("A PinnedRowsEmbedding is not subset: subset the source one.")
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        weight = self.weight
+        destination[prefix + "weight"] = weight if keep_vars else weight.detach()
+        destination[prefix + "vocab"] = self.vocab.copy()
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        key = prefix + "weight"
+        if key not in state_dict or prefix + "vocab" not in state_dict:
+            missing_keys.extend(k for k in (key, prefix + "vocab") if k not in state_dict)
+            return
+        # upstream's hook checks the vocabularies and reorders the incoming rows to ours
+        self._hook_vocab_on_load_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        weight = state_dict[key]
+        if tuple(weight.shape) != (len(self.vocab), self.embedding_dim):
+            error_msgs.append(
+                f"size mismatch for {key}: copying a param with shape {tuple(weight.shape)}, the "
+                f"shape in the current model is {(len(self.vocab), self.embedding_dim)}."
+            )
+            return
+        with torch.no_grad():
+            self.pinned_rows.copy_(weight[: self.n_pinned])
+            self.new_rows.copy_(weight[self.n_pinned :])
+
+
+@dataclass(frozen=True)
+class AddedWords:
+    """What :func:`extend_vocab` added to a model: new unit and session ids, in token order."""
+
+    units: list[str]
+    sessions: list[str]
+    known_units: int  # rows before the extension (the padding row included)
+    known_sessions: int
+
+
+def _extend(emb: InfiniteVocabEmbedding, words: list[str], init: str) -> list[str]:
+    new = [w for w in dict.fromkeys(words) if w not in emb.vocab]
+    if not new:
+        return []
+    n_known = len(emb.vocab)
+    known = emb.weight.detach()[1:n_known]  # without the padding row
+    emb.extend_vocab(new)  # rows of known words are copied; new rows ~ N(0, init_scale)
+    if init == "mean" and len(known):
+        with torch.no_grad():
+            emb.weight[n_known:] = known.mean(dim=0)
+    return new
+
+
+def extend_vocab(
+    model: MaskedModel, unit_ids: list[str], session_ids: list[str], *, init: str = "random"
+) -> AddedWords:
+    """Add the units and sessions of ``unit_ids`` / ``session_ids`` that ``model``'s encoder
+    does not know to its vocabularies, initialised by ``init`` (one of :data:`INIT_MODES`).
+
+    Known words keep their token index and their row; new words get the next indices.
+    """
+    if init not in INIT_MODES:
+        raise ValueError(f"task.init must be one of {list(INIT_MODES)}, got {init!r}.")
+    enc = model.encoder
+    n_units, n_sessions = len(enc.unit_emb.vocab), len(enc.session_emb.vocab)
+    return AddedWords(
+        units=_extend(enc.unit_emb, list(unit_ids), init),
+        sessions=_extend(enc.session_emb, list(session_ids), init),
+        known_units=n_units,
+        known_sessions=n_sessions,
+    )
+
+
+def freeze_for_adaptation(
+    model: MaskedModel, added: AddedWords, unfreeze: list[str] | tuple[str, ...] = ()
+) -> list[str]:
+    """Freeze ``model`` except the rows of ``added``'s new words (and the ``unfreeze`` prefixes).
+
+    The encoder's unit and session embeddings are replaced by :class:`PinnedRowsEmbedding`
+    when they have new rows. ``unfreeze`` lists parameter-name prefixes of ``model`` that learn
+    too (e.g. ``decoder.unit_readout``); the embeddings' known rows never do. Build the
+    optimiser afterwards: it must see the new parameters. Returns the trainable parameters'
+    names.
+    """
+    for p in model.parameters():
+        p.requires_grad_(False)
+    enc = model.encoder
+    if added.units:
+        enc.unit_emb = PinnedRowsEmbedding(enc.unit_emb, added.known_units)
+    if added.sessions:
+        enc.session_emb = PinnedRowsEmbedding(enc.session_emb, added.known_sessions)
+    names = dict(model.named_parameters())
+    for prefix in unfreeze:
+        if prefix.startswith(("encoder.unit_emb", "encoder.session_emb")):
+            raise ValueError(
+                f"task.unfreeze={prefix!r}: the known rows of the unit and session embeddings "
+                "stay frozen (their new rows always learn)."
+            )
+        hits = [n for n in names if n == prefix or n.startswith(prefix + ".")]
+        if not hits:
+            tops = sorted({".".join(n.split(".")[:2]) for n in names})
+            raise ValueError(f"task.unfreeze={prefix!r} names no parameter; e.g. {tops}.")
+        for n in hits:
+            names[n].requires_grad_(True)
+    return [n for n, p in model.named_parameters() if p.requires_grad]
