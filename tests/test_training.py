@@ -58,6 +58,7 @@ def test_continuous_values_path_trains_with_mse(tmp_path):
         (["data.bin_size=0.03"], "multiple of data.bin_size"),
         (["model.encoder.latent_step=0.3"], "multiple of latent_step"),
         (["masking.neuron_ratio=[0.5,1.5]"], "neuron_ratio"),
+        (["attention_backend=flash"], r"attention_backend must be one of \['sdpa', 'auto'\]"),
     ],
 )
 def test_config_errors_are_rejected_before_any_data_is_read(tmp_path, overrides, message):

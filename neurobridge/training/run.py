@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from neurobridge.data.datamodule import check_train_seconds
 from neurobridge.io import write_json_atomic
 from neurobridge.masking import MaskingController
+from neurobridge.models import set_attention_backend
 from neurobridge.training.adapt import INIT_MODES
 from neurobridge.training.builders import (
     build_adapter,
@@ -66,6 +67,7 @@ def _validate(cfg: DictConfig) -> None:
             f"({cfg.data.bin_size})."
         )
     MaskingController(**OmegaConf.to_container(cfg.masking, resolve=True))  # checks ratios
+    set_attention_backend(cfg.get("attention_backend", "sdpa"))
     check_train_seconds(cfg.data.get("train_seconds"))
     if cfg.task.name == "adapt_session":
         if cfg.task.init not in INIT_MODES:
