@@ -58,6 +58,11 @@ def test_continuous_values_path_trains_with_mse(tmp_path):
         (["data.bin_size=0.03"], "multiple of data.bin_size"),
         (["model.encoder.latent_step=0.3"], "multiple of latent_step"),
         (["masking.neuron_ratio=[0.5,1.5]"], "neuron_ratio"),
+        (["model.encoder.dim_head=30"], r"model.encoder.dim_head must be a multiple of 4.*28"),
+        (["model.decoder.dim_head=18"], r"model.decoder.dim_head must be a multiple of 4"),
+        (["model=capoyo_small", "data.modality=values", "model.encoder.dim=33"],
+         "must be even for CaPOYO"),
+        (["task=align", "task.readout.dim_head=6"], r"task.readout.dim_head must be a multiple"),
         (["attention_backend=flash"], r"attention_backend must be one of \['sdpa', 'auto'\]"),
     ],
 )

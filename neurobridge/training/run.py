@@ -55,6 +55,20 @@ def _validate(cfg: DictConfig) -> None:
     for key in ("dim", "dim_head", "depth", "num_latents_per_step"):
         if int(enc[key]) < 1:
             raise ValueError(f"model.encoder.{key} must be >= 1, got {enc[key]}.")
+    heads = {"model.encoder": enc.dim_head, "model.decoder": cfg.model.decoder.dim_head}
+    if "readout" in cfg.task:
+        heads["task.readout"] = cfg.task.readout.dim_head
+    for where, dim_head in heads.items():
+        if int(dim_head) % 4:
+            raise ValueError(
+                f"{where}.dim_head must be a multiple of 4 (rotary time embeddings rotate "
+                f"half of each head in pairs), got {dim_head}; e.g. {4 * max(1, int(dim_head) // 4)}."
+            )
+    if "CaPOYO" in str(enc._target_) and int(enc.dim) % 2:
+        raise ValueError(
+            f"model.encoder.dim must be even for CaPOYO (half value embedding, half unit "
+            f"embedding), got {enc.dim}."
+        )
     seq, step = float(enc.sequence_length), float(enc.latent_step)
     if abs(seq / step - round(seq / step)) > 1e-6:
         raise ValueError(
