@@ -200,3 +200,16 @@ def test_bf16_mixed_precision_trains_without_nan(small_recordings, tmp_path):
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
     assert len(losses) >= 50 and all(math.isfinite(v) for v in losses)
     assert math.isfinite(metrics["test/loss"]) and metrics["test/co_bps"] > 0
+
+
+@pytest.mark.slow
+def test_readme_headline_run_beats_the_smoothing_baseline_in_every_mode(tmp_path):
+    """The README's best row (about 50 min on one core): the default synthetic data, encoder
+    depth 4, mode prompts, 8,000 steps. Run with ``pytest -m slow``."""
+    cfg = _cfg(["trainer.max_steps=8000", "trainer.val_check_interval=2000",
+                "model.encoder.depth=4", "model.mode_prompt=true", "task.plots=false",
+                "trainer.enable_progress_bar=false"])
+    metrics = run(cfg, tmp_path / "run")
+    for mode in ("temporal", "neuron", "intra_region", "inter_region"):
+        assert metrics[f"test/co_bps/{mode}"] > metrics[f"test/baseline/co_bps/{mode}"], mode
+    assert metrics["test/co_bps"] > 0.5 * metrics["test/oracle/co_bps"]
