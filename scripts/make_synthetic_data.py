@@ -5,6 +5,7 @@ Example::
 
     python scripts/make_synthetic_data.py --out data/synthetic --sessions 4 --modality spikes
     python scripts/make_synthetic_data.py --out data/visual --stimulus images   # + images/
+    python scripts/make_synthetic_data.py --out data/mixed --modality mixed     # spikes + MUA
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import sys
 import time
 
 from neurobridge.data.synthetic import (
+    MODALITIES,
     SyntheticConfig,
     config_hash,
     generate_synthetic_recordings,
@@ -28,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sessions", type=int, default=defaults.n_sessions)
     p.add_argument("--units-per-region", type=int, default=defaults.units_per_region)
     p.add_argument("--duration", type=float, default=defaults.duration, help="seconds")
-    p.add_argument("--modality", choices=("spikes", "mua"), default=defaults.modality)
+    p.add_argument("--modality", choices=MODALITIES, default=defaults.modality,
+                   help="'mixed': even sessions spike, odd sessions are MUA")
     p.add_argument("--seed", type=int, default=defaults.seed)
     p.add_argument("--stimulus", choices=("none", "images"), default=defaults.stimulus,
                    help="'images': sessions watch procedural images (written to OUT/images/)")
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         line += f" (true mean rate {s['true_mean_rate_hz']:.2f} Hz)"
         print(line)
     summary = f"total: {total_units} units"
-    if config.modality == "spikes":
+    if config.modality != "mua":
         summary += f", {total_spikes} spikes"
     print(summary)
     return 0

@@ -12,7 +12,7 @@ from .images import (
 )
 from .samplers import EvalWindowSampler, TrainWindowSampler
 from .stimuli import StimulusTokenizer, StimulusWindowIndex, StimulusWindowSampler
-from .tokenizer import MaskedTokenizer, WindowIndex
+from .tokenizer import SPIKE_VALUES, VALUE_SOURCES, MaskedTokenizer, WindowIndex
 
 __all__ = [
     "bin_spikes",
@@ -34,4 +34,6 @@ __all__ = [
     "TrainWindowSampler",
     "MaskedTokenizer",
     "WindowIndex",
+    "SPIKE_VALUES",
+    "VALUE_SOURCES",
 ]

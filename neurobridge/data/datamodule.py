@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +26,7 @@ from neurobridge.data.stimuli import (
     read_presentations,
     stimulus_windows,
 )
+from neurobridge.data.tokenizer import check_spike_values, spike_values_from_counts
 from neurobridge.masking import MASKING_MODES
 
 __all__ = [
@@ -33,7 +35,10 @@ __all__ = [
     "check_train_seconds",
     "default_cache_dir",
     "first_seconds",
+    "spike_value_stats",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def default_cache_dir() -> Path:
@@ -75,6 +80,47 @@ def first_seconds(interval: Interval, seconds: float, window: float, recording_i
     return Interval(start=start, end=end)
 
 
+def spike_value_stats(
+    timestamps: np.ndarray,
+    unit_index: np.ndarray,
+    n_units: int,
+    interval: Interval,
+    bin_size: float,
+    how: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-unit mean and std ``[n_units]`` of spike-derived values over ``interval``.
+
+    Each block of ``interval`` is cut into ``bin_size`` bins from its start (as
+    :meth:`NeuralDataModule.train_counts` does); a bin's value is
+    :func:`~neurobridge.data.tokenizer.spike_values_from_counts` of its count. Only the
+    non-empty (bin, unit) cells are materialised (both transforms map 0 to 0), so memory grows
+    with the number of spikes, not with hours × units. A unit whose values do not vary gets
+    std 1.
+    """
+    ts = np.asarray(timestamps, dtype=np.float64)
+    ui = np.asarray(unit_index, dtype=np.int64)
+    cells: list[np.ndarray] = []
+    n_bins = 0
+    for start, end in zip(np.asarray(interval.start), np.asarray(interval.end)):
+        lo, hi = np.searchsorted(ts, [start, end])
+        block_bins = max(1, int(np.ceil((end - start) / bin_size - 1e-6)))
+        b = np.floor((ts[lo:hi] - start) / bin_size).astype(np.int64)
+        keep = b < block_bins
+        cells.append((n_bins + b[keep]) * n_units + ui[lo:hi][keep])
+        n_bins += block_bins
+    flat, counts = np.unique(np.concatenate(cells) if cells else np.zeros(0, np.int64),
+                             return_counts=True)
+    values = spike_values_from_counts(counts, how).astype(np.float64)
+    unit = flat % n_units
+    total = np.bincount(unit, weights=values, minlength=n_units)
+    total_sq = np.bincount(unit, weights=values * values, minlength=n_units)
+    mean = total / max(n_bins, 1)
+    var = np.maximum(total_sq / max(n_bins, 1) - mean**2, 0.0)
+    std = np.sqrt(var)
+    std = np.where(std > 1e-6, std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
 class NeuralDataModule(L.LightningDataModule):
     """Windows of multi-session recordings for masked pretraining.
 
@@ -88,6 +134,13 @@ class NeuralDataModule(L.LightningDataModule):
         modality: ``"spikes"`` or ``"values"`` (continuous MUA, CaPOYO).
         recording_ids: subset of recordings; all by default.
         value_key: regular time series field with the values (``"values"`` modality).
+        spike_values: ``"values"`` modality: ``None`` (every recording needs ``value_key``),
+            ``"counts"`` or ``"sqrt"``: a recording without ``value_key`` but with spikes is
+            read as binned spike counts per (unit, bin), or their square root, so spiking and
+            continuous recordings train one CaPOYO model.
+        spike_values_zscore: standardise each unit's spike-derived values with their mean and
+            std over the recording's training split (after ``train_seconds``); value series
+            are used as stored.
         region_key: units field with each unit's region.
         sequence_length: window length in seconds.
         bin_size: grid bin width in seconds.
@@ -118,6 +171,8 @@ class NeuralDataModule(L.LightningDataModule):
         modality: str = "spikes",
         recording_ids: list[str] | None = None,
         value_key: str = "mua.values",
+        spike_values: str | None = None,
+        spike_values_zscore: bool = False,
         region_key: str = "brain_region",
         sequence_length: float = 1.0,
         bin_size: float = 0.02,
@@ -142,11 +197,16 @@ class NeuralDataModule(L.LightningDataModule):
             raise ValueError(f"data.eval_modes has unknown modes {sorted(bad)}; valid: {list(MASKING_MODES)}.")
         check_recording_weighting(recording_weighting)
         check_train_seconds(train_seconds)
+        check_spike_values(spike_values, modality, spike_values_zscore)
         self.root = root
         self.synthetic = dict(synthetic) if synthetic is not None else None
         self.modality = modality
         self.recording_ids = recording_ids
         self.value_key = value_key
+        self.spike_values = spike_values
+        self.spike_values_zscore = bool(spike_values_zscore)
+        #: ``{session_id: (mean, std)}`` of spike-derived values (``spike_values_zscore``)
+        self.spike_value_stats: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
         self.region_key = region_key
         self.sequence_length = float(sequence_length)
         self.bin_size = float(bin_size)
@@ -180,6 +240,7 @@ class NeuralDataModule(L.LightningDataModule):
             modality=self.modality,
             recording_ids=self.recording_ids,
             value_key=self.value_key,
+            spike_values=self.spike_values if self.modality == "values" else None,
         )
         self.intervals = {s: self.dataset.split_intervals(s) for s in ("train", "valid", "test")}
         if self.train_seconds is not None:
@@ -188,6 +249,19 @@ class NeuralDataModule(L.LightningDataModule):
                 for rid, iv in self.intervals["train"].items()
             }
         self.recording_of_session = dict(zip(self.dataset.session_ids(), self.dataset.recording_ids))
+        if self.modality == "values" and self.spike_values is not None:
+            from_spikes = [r for r, src in self.dataset.value_sources.items() if src == "spikes"]
+            log.info(
+                "data.modality=values: %d recordings read from %s, %d from spikes as %s values%s",
+                len(self.dataset.recording_ids) - len(from_spikes), self.value_key,
+                len(from_spikes), self.spike_values,
+                " (z-scored per unit)" if self.spike_values_zscore else "",
+            )
+            if self.spike_values_zscore:
+                self.spike_value_stats = {
+                    str(self.dataset.get_recording(rid).session.id): self._spike_value_stats(rid)
+                    for rid in from_spikes
+                }
 
     @property
     def unit_ids(self) -> list[str]:
@@ -242,6 +316,13 @@ class NeuralDataModule(L.LightningDataModule):
         return self._loader(self.eval_sampler("test"), self.eval_batch_size)
 
     # --------------------------------------------------------------- helpers
+    def _spike_value_stats(self, recording_id: str) -> tuple[np.ndarray, np.ndarray]:
+        data = self.dataset.get_recording(recording_id)
+        return spike_value_stats(
+            data.spikes.timestamps, data.spikes.unit_index, len(data.units.id),
+            self.intervals["train"][recording_id], self.bin_size, self.spike_values,
+        )
+
     def train_counts(self, recording_id: str) -> np.ndarray:
         """``[n_bins, n_units]`` spike counts of the recording's whole training split.
 

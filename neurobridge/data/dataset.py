@@ -10,7 +10,7 @@ import numpy as np
 from temporaldata import Data, Interval
 from torch_brain.dataset import Dataset
 
-from neurobridge.data.tokenizer import WindowIndex
+from neurobridge.data.tokenizer import SPIKE_VALUES, WindowIndex, check_spike_values
 
 __all__ = ["RecordingDataset", "SPLITS"]
 
@@ -31,6 +31,10 @@ class RecordingDataset(Dataset):
             ``"values"`` (needs the regular time series named by ``value_key``).
         recording_ids: subset of recordings (file stems); all ``*.h5`` files by default.
         value_key: ``"<timeseries>.<field>"`` holding continuous values (``"values"`` only).
+        spike_values: ``"values"`` only: ``None`` (every recording needs ``value_key``), or
+            one of :data:`~neurobridge.data.tokenizer.SPIKE_VALUES`: a recording without
+            ``value_key`` but with spikes is accepted (checked as a spiking recording) and
+            read as binned spike counts (see :attr:`value_sources`).
         tokenizer: ``(window: Data, index: WindowIndex) -> dict``; set later with
             :attr:`tokenizer` once the model's vocabularies exist.
     """
@@ -42,8 +46,10 @@ class RecordingDataset(Dataset):
         modality: str = "spikes",
         recording_ids: list[str] | None = None,
         value_key: str = "mua.values",
+        spike_values: str | None = None,
         tokenizer: Callable[[Data, WindowIndex], dict] | None = None,
     ):
+        check_spike_values(spike_values, modality)
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(
@@ -68,9 +74,16 @@ class RecordingDataset(Dataset):
         self.root = root
         self.modality = modality
         self.value_key = value_key
+        self.spike_values = spike_values
         self.tokenizer = tokenizer
-        for rid in self.recording_ids:
-            _check_recording(self.get_recording(rid), root / f"{rid}.h5", modality, value_key)
+        #: ``{recording_id: "value_series" | "spikes"}``: where a ``values`` run reads each
+        #: recording's values (``"spikes"`` for every recording of a ``spikes`` run).
+        self.value_sources = {
+            rid: _check_recording(
+                self.get_recording(rid), root / f"{rid}.h5", modality, value_key, spike_values
+            )
+            for rid in self.recording_ids
+        }
 
     def __getitem__(self, index: WindowIndex) -> dict:
         if self.tokenizer is None:
@@ -99,13 +112,20 @@ class RecordingDataset(Dataset):
     def unit_ids(self) -> list[str]:
         """All unit ids over the recordings, in recording order."""
         ids: list[str] = []
+        owner: dict[str, str] = {}
         for rid in self.recording_ids:
-            ids.extend(np.asarray(self.get_recording(rid).units.id).astype(str).tolist())
-        if len(ids) != len(set(ids)):
-            raise ValueError(
-                f"Unit ids in {self.root} are not unique across recordings. Prefix them with the "
-                "session id (e.g. '<session>/<unit>') when converting the data."
-            )
+            for uid in np.asarray(self.get_recording(rid).units.id).astype(str).tolist():
+                if uid in owner:
+                    where = (f"recordings {owner[uid]!r} and {rid!r}" if owner[uid] != rid
+                             else f"recording {rid!r} (twice)")
+                    raise ValueError(
+                        f"Unit ids in {self.root} are not unique across recordings: {uid!r} is "
+                        f"in {where}. All recordings of a run, spiking and continuous alike, "
+                        "share one unit vocabulary: prefix unit ids with the session id (e.g. "
+                        "'<session>/<unit>') when converting the data."
+                    )
+                owner[uid] = rid
+                ids.append(uid)
         return ids
 
     def session_ids(self) -> list[str]:
@@ -123,7 +143,12 @@ def _check_hdf5(path: Path) -> None:
         ) from None
 
 
-def _check_recording(data: Data, path: Path, modality: str, value_key: str) -> None:
+def _check_recording(
+    data: Data, path: Path, modality: str, value_key: str, spike_values: str | None = None
+) -> str:
+    """Check the fields ``modality`` needs; return where the values come from
+    (``"value_series"`` or ``"spikes"``, see :attr:`RecordingDataset.value_sources`)."""
+
     def need(cond: bool, field: str, fix: str) -> None:
         if not cond:
             raise ValueError(f"{path}: missing or invalid field '{field}'. {fix}")
@@ -136,30 +161,49 @@ def _check_recording(data: Data, path: Path, modality: str, value_key: str) -> N
     need(data.domain is not None, "domain", "Give the recording a domain Interval.")
     n_units = len(data.units.id)
     if modality == "spikes":
-        need("spikes" in keys, "spikes",
-             "A spiking recording needs spikes=IrregularTimeSeries(timestamps, unit_index).")
-        need("unit_index" in data.spikes.keys(), "spikes.unit_index",
-             "Give each spike the index of its unit in units.id.")
-        ui = np.asarray(data.spikes.unit_index)
-        if len(ui) and (ui.min() < 0 or ui.max() >= n_units):
-            raise ValueError(
-                f"{path}: spikes.unit_index has values in [{ui.min()}, {ui.max()}] but units.id "
-                f"has {n_units} units. Indices must be in [0, {n_units})."
-            )
-        ts = np.asarray(data.spikes.timestamps)
-        if not np.isfinite(ts).all():
-            raise ValueError(f"{path}: spikes.timestamps has NaN/Inf values. Drop those spikes.")
-        if len(ts) > 1 and np.any(np.diff(ts) < 0):
-            raise ValueError(
-                f"{path}: spikes.timestamps is not sorted. Sort spikes by time (with their "
-                "unit_index) before saving."
-            )
-    elif modality == "values":
-        series_name, _, field = value_key.partition(".")
-        need(series_name in keys and field in getattr(data, series_name).keys(), value_key,
-             f"A continuous recording needs {series_name}=RegularTimeSeries({field}=[T, n_units]).")
-        shape = np.shape(getattr(getattr(data, series_name), field))
-        need(len(shape) == 2 and shape[1] == n_units, value_key,
-             f"Expected shape [n_samples, {n_units}] (one column per unit), got {shape}.")
-    else:
+        _check_spikes(data, path, n_units, need)
+        return "spikes"
+    if modality != "values":
         raise ValueError(f"modality must be 'spikes' or 'values', got {modality!r}.")
+    series_name, _, field = value_key.partition(".")
+    if series_name not in keys and spike_values is not None and "spikes" in keys:
+        _check_spikes(data, path, n_units, need)
+        return "spikes"
+    if spike_values is not None:
+        hint = f"It has no spikes either (data.spike_values={spike_values} reads those)."
+    elif "spikes" in keys:
+        hint = (f"This recording has spikes: set data.spike_values to one of "
+                f"{list(SPIKE_VALUES)} to read spiking recordings as binned spike counts in this "
+                f"data.modality=values run (null, the default, needs {value_key} in every "
+                "recording).")
+    else:
+        hint = (f"(data.spike_values, one of {list(SPIKE_VALUES)}, would read a recording with "
+                "spikes instead.)")
+    need(series_name in keys and field in getattr(data, series_name).keys(), value_key,
+         f"A continuous recording needs {series_name}=RegularTimeSeries({field}=[T, n_units]). "
+         + hint)
+    shape = np.shape(getattr(getattr(data, series_name), field))
+    need(len(shape) == 2 and shape[1] == n_units, value_key,
+         f"Expected shape [n_samples, {n_units}] (one column per unit), got {shape}.")
+    return "value_series"
+
+
+def _check_spikes(data: Data, path: Path, n_units: int, need) -> None:
+    need("spikes" in data.keys(), "spikes",
+         "A spiking recording needs spikes=IrregularTimeSeries(timestamps, unit_index).")
+    need("unit_index" in data.spikes.keys(), "spikes.unit_index",
+         "Give each spike the index of its unit in units.id.")
+    ui = np.asarray(data.spikes.unit_index)
+    if len(ui) and (ui.min() < 0 or ui.max() >= n_units):
+        raise ValueError(
+            f"{path}: spikes.unit_index has values in [{ui.min()}, {ui.max()}] but units.id "
+            f"has {n_units} units. Indices must be in [0, {n_units})."
+        )
+    ts = np.asarray(data.spikes.timestamps)
+    if not np.isfinite(ts).all():
+        raise ValueError(f"{path}: spikes.timestamps has NaN/Inf values. Drop those spikes.")
+    if len(ts) > 1 and np.any(np.diff(ts) < 0):
+        raise ValueError(
+            f"{path}: spikes.timestamps is not sorted. Sort spikes by time (with their "
+            "unit_index) before saving."
+        )

@@ -6,7 +6,8 @@ by the lagged latents of region ``k - 1``, e.g. V1 -> V4 -> IT). Each unit's log
 is a linear read-out of its region's latents (plus a small weight on a shared global latent).
 Spikes are drawn from the resulting piecewise-constant rate (one value per 10 ms sample),
 or, for ``modality="mua"``, a noisy continuous signal derived from the rates is stored
-instead. The rates and latents are saved alongside the observations so that models can be
+instead; ``modality="mixed"`` writes spiking recordings for the even sessions (s00, s02, ...)
+and MUA ones for the odd sessions, all sharing the region dynamics of the config. The rates and latents are saved alongside the observations so that models can be
 scored against the truth.
 
 Recordings are written as temporaldata HDF5 files ``<root>/<recording_id>.h5`` that
@@ -18,12 +19,14 @@ Layout of one recording (``T = round(duration * 100)`` samples, ``N`` units/chan
     session.id              str, e.g. "synthetic_s00" (== recording id)
     subject.id              str, e.g. "synthetic_s00_subject"
     brainset.id             str, "neurobridge_synthetic"
-    units.id                str [N], e.g. "synthetic_s00/u000" (unique across sessions)
+    session.modality        str, "spikes" or "mua"
+    units.id                str [N], e.g. "synthetic_s00/u000" ("ch000" for MUA channels;
+                            unique across sessions)
     units.brain_region      str [N]
-    spikes.timestamps       float64 [S], sorted, seconds       (modality="spikes")
-    spikes.unit_index       int64 [S], index into units        (modality="spikes")
-    mua.values              float32 [T, N], clean + noise      (modality="mua", 100 Hz)
-    mua.clean               float32 [T, N], noise-free signal  (modality="mua", 100 Hz)
+    spikes.timestamps       float64 [S], sorted, seconds       (spiking sessions)
+    spikes.unit_index       int64 [S], index into units        (spiking sessions)
+    mua.values              float32 [T, N], clean + noise      (MUA sessions, 100 Hz)
+    mua.clean               float32 [T, N], noise-free signal  (MUA sessions, 100 Hz)
     true_rates.rates        float32 [T, N], Hz, 100 Hz
     true_rates.latents      float32 [T, L], 100 Hz; columns are the latents of
                             regions[0], regions[1], ... then the global latent
@@ -61,11 +64,13 @@ __all__ = [
     "generate_synthetic_recordings",
     "recording_ids",
     "recording_summary",
+    "session_modality",
     "split_intervals",
     "synthetic_image_ids",
     "synthetic_images",
     "write_synthetic_images",
     "IMAGE_FOLDER",
+    "MODALITIES",
     "STIMULUS_FIELD",
 ]
 
@@ -80,6 +85,8 @@ _GLOBAL_TAU = 1.0  # s, time constant of the shared global latent
 SPLITS = ("train", "valid", "test")
 _SPLIT_PATTERN = ("train",) * 7 + ("valid",) + ("test",) * 2
 _MANIFEST = "synthetic_config.json"
+#: Modalities of :class:`SyntheticConfig` (``"mixed"``: spiking and MUA sessions).
+MODALITIES = ("spikes", "mua", "mixed")
 #: Stimulus kinds of :class:`SyntheticConfig`.
 STIMULI = ("none", "images")
 #: Name of the Interval of stimulus presentations (``start``, ``end``, ``image_id``).
@@ -106,7 +113,8 @@ class SyntheticConfig:
         Latent dimensions per region (1..16): pairs form damped rotations, an odd
         leftover dimension is a slow damped (OU-like) mode.
     modality : str
-        ``"spikes"`` (Poisson spikes) or ``"mua"`` (noisy continuous signal).
+        ``"spikes"`` (Poisson spikes), ``"mua"`` (noisy continuous signal) or ``"mixed"``
+        (session ``k`` spikes for even ``k``, MUA for odd ``k``; see :func:`session_modality`).
     mua_noise_std : float
         Std of the Gaussian noise added to ``mua.clean`` (>= 0).
     seed : int
@@ -243,8 +251,8 @@ def _validate(cfg: SyntheticConfig) -> None:
     _check_int(cfg, "units_per_region", 1)
     _check_float(cfg, "duration", 20.0)
     _check_int(cfg, "latent_dim_per_region", 1, 16)
-    if cfg.modality not in ("spikes", "mua"):
-        raise ValueError(f"modality must be one of {{'spikes', 'mua'}}, got {cfg.modality!r}.")
+    if cfg.modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {list(MODALITIES)}, got {cfg.modality!r}.")
     _check_float(cfg, "mua_noise_std", 0.0)
     _check_int(cfg, "seed", 0)
     _check_int(cfg, "unit_count_jitter", 0, cfg.units_per_region - 1)
@@ -284,6 +292,14 @@ def _validate(cfg: SyntheticConfig) -> None:
 
 # --------------------------------------------------------------------------------------
 # ground-truth simulation
+
+
+def session_modality(config: SyntheticConfig, session_index: int) -> str:
+    """``"spikes"`` or ``"mua"``: what session ``session_index`` of ``config`` records
+    (with ``modality="mixed"``, even sessions spike and odd sessions are MUA)."""
+    if config.modality == "mixed":
+        return "spikes" if session_index % 2 == 0 else "mua"
+    return config.modality
 
 
 def recording_ids(config: SyntheticConfig) -> list[str]:
@@ -564,12 +580,13 @@ def build_recording(config: SyntheticConfig, session_index: int) -> Data:
     region_index, rates = _units_and_rates(config, latents, rng_units, stimulus_term)
     n_units = rates.shape[1]
     duration = config.n_samples / SAMPLING_RATE
-    tag = "u" if config.modality == "spikes" else "ch"
+    modality = session_modality(config, session_index)
+    tag = "u" if modality == "spikes" else "ch"
 
     fields: dict = {
         "brainset": Data(id="neurobridge_synthetic"),
         "subject": Data(id=f"{rid}_subject"),
-        "session": Data(id=rid, modality=config.modality),
+        "session": Data(id=rid, modality=modality),
         "units": ArrayDict(
             id=np.array([f"{rid}/{tag}{i:03d}" for i in range(n_units)]),
             brain_region=np.asarray(config.regions)[region_index],
@@ -580,7 +597,7 @@ def build_recording(config: SyntheticConfig, session_index: int) -> Data:
             sampling_rate=SAMPLING_RATE,
         ),
     }
-    if config.modality == "spikes":
+    if modality == "spikes":
         timestamps, unit_index = _sample_spikes(rates, rng_obs)
         fields["spikes"] = IrregularTimeSeries(
             timestamps=timestamps,

@@ -4,6 +4,11 @@ Per window: bin the activity onto the neuron × time grid (the targets), draw a 
 :class:`~neurobridge.masking.MaskingController`, drop every input token inside a masked cell,
 and list the masked cells as decoder queries. Everything is padded with torch_brain's
 ``pad8`` / ``track_mask8`` so :func:`torch_brain.data.collate` batches it.
+
+A ``values`` run reads each recording's value series; with ``spike_values`` set, a recording
+that has spikes but no value series is read as (transformed) binned spike counts instead, so
+one CaPOYO model sees both kinds of recording. The choice is made per window from the fields
+the recording holds.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.special import gammaln, xlogy
 from temporaldata import Data
 from torch_brain.data import pad8, track_mask8
 from torch_brain.dataset import DatasetIndex
@@ -21,11 +27,92 @@ from torch_brain.utils import create_linspace_latent_tokens, create_start_end_un
 from neurobridge.data.binning import bin_regular, bin_spikes, num_bins
 from neurobridge.masking import MASKING_MODES, MaskingController
 
-__all__ = ["WindowIndex", "MaskedTokenizer"]
+__all__ = [
+    "SPIKE_VALUES",
+    "VALUE_SOURCES",
+    "MaskedTokenizer",
+    "WindowIndex",
+    "check_spike_values",
+    "expected_spike_values",
+    "spike_values_from_counts",
+]
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_REGION = "unknown"
+
+#: How a ``values`` run reads a recording that has spikes but no value series
+#: (``data.spike_values``): binned spike counts per (unit, bin), or their square root.
+SPIKE_VALUES = ("counts", "sqrt")
+#: Where a ``values`` window's values come from (the ``value_source`` of a sample, an index
+#: into this tuple): the recording's value series (``value_key``), or its binned spikes.
+VALUE_SOURCES = ("value_series", "spikes")
+
+
+def check_spike_values(spike_values, modality: str = "values", zscore: bool = False) -> None:
+    """``data.spike_values`` is ``None`` or one of :data:`SPIKE_VALUES`, and only set (with
+    ``data.spike_values_zscore``) in a ``values`` run; raise a ValueError naming the choices."""
+    if spike_values is not None and spike_values not in SPIKE_VALUES:
+        raise ValueError(
+            f"data.spike_values must be null or one of {list(SPIKE_VALUES)}, got {spike_values!r}."
+        )
+    if spike_values is not None and modality != "values":
+        raise ValueError(
+            f"data.spike_values={spike_values} reads spiking recordings as values in a "
+            f"data.modality=values run (CaPOYO); this run has data.modality={modality!r}, "
+            "which reads spikes as they are: set data.spike_values=null."
+        )
+    if not isinstance(zscore, (bool, np.bool_)):
+        raise ValueError(f"data.spike_values_zscore must be true or false, got {zscore!r}.")
+    if zscore and spike_values is None:
+        raise ValueError(
+            "data.spike_values_zscore=true standardises spike-derived values: set "
+            f"data.spike_values to one of {list(SPIKE_VALUES)} too."
+        )
+
+
+def spike_values_from_counts(counts: np.ndarray, how: str) -> np.ndarray:
+    """Binned spike counts as values: the counts (``"counts"``) or ``sqrt(counts)``
+    (``"sqrt"``, variance-stabilising: its variance tends to 1/4 for Poisson counts as their
+    mean grows)."""
+    if how == "counts":
+        return np.asarray(counts, dtype=np.float32)
+    if how == "sqrt":
+        return np.sqrt(np.asarray(counts, dtype=np.float32))
+    raise ValueError(f"spike values must be one of {list(SPIKE_VALUES)}, got {how!r}.")
+
+
+def _poisson_sqrt_mean(lam: np.ndarray) -> np.ndarray:
+    """``E[sqrt(N)]`` for ``N ~ Poisson(lam)``, elementwise (float64).
+
+    The series ``sum_k sqrt(k) P(N = k)`` up to ``k = max(lam) + 12 sqrt(max(lam)) + 30`` for
+    ``lam <= 100``; above, the asymptotic expansion
+    ``sqrt(lam) (1 - 1/(8 lam) - 7/(128 lam^2) - 33/(1024 lam^3))`` (error < 1e-7 relative).
+    """
+    lam = np.clip(np.asarray(lam, dtype=np.float64), 0.0, None)
+    out = np.empty_like(lam)
+    big = lam > 100.0
+    if big.any():
+        x = lam[big]
+        out[big] = np.sqrt(x) * (1 - 1 / (8 * x) - 7 / (128 * x**2) - 33 / (1024 * x**3))
+    small = ~big
+    if small.any():
+        x = lam[small]
+        top = float(x.max()) if x.size else 0.0
+        k = np.arange(int(np.ceil(top + 12 * np.sqrt(top) + 30)) + 1, dtype=np.float64)
+        log_pmf = xlogy(k, x[:, None]) - x[:, None] - gammaln(k + 1)
+        out[small] = np.exp(log_pmf) @ np.sqrt(k)
+    return out
+
+
+def expected_spike_values(expected_counts: np.ndarray, how: str) -> np.ndarray:
+    """The expected value of :func:`spike_values_from_counts` for Poisson counts of the given
+    means: the mean itself (``"counts"``) or ``E[sqrt(N)]`` (``"sqrt"``, exact series)."""
+    if how == "counts":
+        return np.asarray(expected_counts, dtype=np.float32)
+    if how == "sqrt":
+        return _poisson_sqrt_mean(expected_counts).astype(np.float32)
+    raise ValueError(f"spike values must be one of {list(SPIKE_VALUES)}, got {how!r}.")
 
 
 @dataclass
@@ -60,6 +147,13 @@ class MaskedTokenizer:
         region_key: field of ``units`` that holds each unit's region.
         value_key: for ``"values"``: ``"<timeseries>.<field>"`` of the regular time series
             holding the channel values, e.g. ``"mua.values"``.
+        spike_values: for ``"values"``: how a window without that series but with spikes is
+            read (one of :data:`SPIKE_VALUES`: binned counts per (unit, bin), or their square
+            root); ``None`` (default) reads the value series only. With it set, each sample
+            also carries ``value_source`` (an index into :data:`VALUE_SOURCES`).
+        spike_value_stats: ``{session_id: (mean, std)}``, per-unit ``[n_units]`` statistics
+            of the spike-derived values; spike-derived values (and their ground truth) of
+            those sessions are standardised as ``(value - mean) / std``.
     """
 
     def __init__(
@@ -75,10 +169,18 @@ class MaskedTokenizer:
         num_latents_per_step: int,
         region_key: str = "brain_region",
         value_key: str = "mua.values",
+        spike_values: str | None = None,
+        spike_value_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ):
         if modality not in ("spikes", "values"):
             raise ValueError(f"modality must be 'spikes' or 'values', got {modality!r}.")
+        check_spike_values(spike_values, modality)
         self.modality = modality
+        self.spike_values = spike_values
+        self.spike_value_stats = {
+            str(k): (np.asarray(m, dtype=np.float32), np.asarray(sd, dtype=np.float32))
+            for k, (m, sd) in (spike_value_stats or {}).items()
+        }
         self.unit_vocab = dict(unit_vocab)
         self.session_vocab = dict(session_vocab)
         self.masking = masking
@@ -123,17 +225,42 @@ class MaskedTokenizer:
                 "units to a trained model with encoder.unit_emb.extend_vocab(unit_ids)."
             ) from None
 
+    def value_source(self, data: Data) -> str:
+        """Where a ``values`` window's values come from (one of :data:`VALUE_SOURCES`): the
+        value series when the recording has it, else its spikes when ``spike_values`` is set."""
+        if self.value_series in data.keys() or self.spike_values is None:
+            return "value_series"
+        if "spikes" in data.keys():
+            return "spikes"
+        raise ValueError(
+            f"Session {data.session.id!r} has neither {self.value_key} nor spikes: a values run "
+            f"reads {self.value_key}, or spikes with data.spike_values."
+        )
+
+    def _spike_counts(self, data: Data, n_units: int) -> np.ndarray:
+        return bin_spikes(
+            data.spikes.timestamps,
+            data.spikes.unit_index,
+            num_units=n_units,
+            start=0.0,
+            end=self.sequence_length,
+            bin_size=self.bin_size,
+        )
+
+    def _standardise(self, data: Data, values: np.ndarray) -> np.ndarray:
+        stats = self.spike_value_stats.get(str(data.session.id))
+        if stats is None:
+            return values
+        mean, std = stats
+        return ((values - mean) / std).astype(np.float32)
+
     def grid_targets(self, data: Data, n_units: int) -> tuple[np.ndarray, np.ndarray]:
         """Observed grid ``[n_bins, n_units]`` and ground-truth grid (NaN where unknown)."""
         if self.modality == "spikes":
-            grid = bin_spikes(
-                data.spikes.timestamps,
-                data.spikes.unit_index,
-                num_units=n_units,
-                start=0.0,
-                end=self.sequence_length,
-                bin_size=self.bin_size,
-            )
+            grid = self._spike_counts(data, n_units)
+        elif self.value_source(data) == "spikes":
+            counts = self._spike_counts(data, n_units)
+            grid = self._standardise(data, spike_values_from_counts(counts, self.spike_values))
         else:
             series = getattr(data, self.value_series)
             grid = bin_regular(
@@ -151,15 +278,24 @@ class MaskedTokenizer:
         return grid, self.true_grid(data, n_units)
 
     def true_grid(self, data: Data, n_units: int) -> np.ndarray:
-        """Expected counts (spikes) or clean values per cell when the file stores them."""
-        if self.modality == "spikes" and "true_rates" in data.keys():
+        """Expected counts (spikes) or clean values per cell when the file stores them.
+
+        A spike-derived ``values`` window (``spike_values``) gets the expected value of its
+        transformed count given the true rates (:func:`expected_spike_values`), standardised
+        like the values.
+        """
+        from_spikes = self.modality == "spikes" or self.value_source(data) == "spikes"
+        if from_spikes and "true_rates" in data.keys():
             series = data.true_rates
             rates = bin_regular(
                 series.rates, sampling_rate=series.sampling_rate, bin_size=self.bin_size,
                 n_bins=self.n_bins,
             )
-            return rates * self.bin_size
-        if self.modality == "values":
+            if self.modality == "spikes":
+                return rates * self.bin_size
+            expected = expected_spike_values(rates * self.bin_size, self.spike_values)
+            return self._standardise(data, expected)
+        if self.modality == "values" and not from_spikes:
             series = getattr(data, self.value_series)
             if "clean" in series.keys():
                 return bin_regular(
@@ -186,7 +322,7 @@ class MaskedTokenizer:
         if index.max_queries is not None and len(q_bin) > index.max_queries:
             pick = np.sort(rng.choice(len(q_bin), size=index.max_queries, replace=False))
             q_bin, q_unit = q_bin[pick], q_unit[pick]
-        return {
+        out = {
             "encoder_inputs": encoder_inputs,
             "query_unit_index": pad8(unit_index[q_unit]),
             "query_timestamps": pad8(self.bin_centers[q_bin]),
@@ -205,6 +341,9 @@ class MaskedTokenizer:
             "session_index": session_index,
             "window_start": float(data.absolute_start),
         }
+        if self.modality == "values" and self.spike_values is not None:
+            out["value_source"] = VALUE_SOURCES.index(self.value_source(data))
+        return out
 
     def encoder_tokens(self, data: Data, mask: np.ndarray | None = None) -> dict:
         """Encoder inputs of a window with the cells of ``mask`` ``[n_bins, n_units]`` removed

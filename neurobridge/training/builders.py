@@ -83,8 +83,9 @@ def build_datamodule(cfg: DictConfig, *, stimulus: bool) -> NeuralDataModule:
 
 def build_tokenizer(cfg: DictConfig, encoder, dm: NeuralDataModule) -> MaskedTokenizer:
     """The masked tokenizer of ``encoder`` on ``dm``'s data (the encoder's vocabularies)."""
+    modality = "values" if isinstance(encoder, NeuroBridgeCaPOYO) else "spikes"
     return MaskedTokenizer(
-        modality="values" if isinstance(encoder, NeuroBridgeCaPOYO) else "spikes",
+        modality=modality,
         unit_vocab=encoder.unit_emb.vocab,
         session_vocab=encoder.session_emb.vocab,
         masking=MaskingController(**_container(cfg.masking)),
@@ -94,6 +95,8 @@ def build_tokenizer(cfg: DictConfig, encoder, dm: NeuralDataModule) -> MaskedTok
         num_latents_per_step=encoder.num_latents_per_step,
         region_key=dm.region_key,
         value_key=dm.value_key,
+        spike_values=dm.spike_values if modality == "values" else None,
+        spike_value_stats=dm.spike_value_stats if modality == "values" else None,
     )
 
 

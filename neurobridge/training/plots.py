@@ -78,14 +78,18 @@ def plot_masked_rates(module, dm, out: Path) -> Path:
     grids["obs"][[col[int(u)] for u in qu], qb] = batch["target"][0][q].cpu().numpy()
     unit = "expected count / bin" if spiking else "value"
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
-    vmax = np.nanpercentile(np.concatenate([grids["true"].ravel(), grids["pred"].ravel()]), 99)
+    shown = np.concatenate([grids["true"].ravel(), grids["pred"].ravel()])
+    vmax = np.nanpercentile(shown, 99)
+    # values (MUA, z-scored spike values) can be negative: their colour scale starts lower
+    vmin = 0.0 if spiking else np.nanpercentile(shown, 1)
     titles = {"pred": "predicted (masked units)", "true": "ground truth", "obs": "observed"}
     for ax, key in zip(axes, ("pred", "true", "obs")):
-        im = ax.imshow(grids[key], aspect="auto", cmap="magma", vmin=0,
+        im = ax.imshow(grids[key], aspect="auto", cmap="magma",
+                       vmin=None if key == "obs" and not spiking else vmin,
                        vmax=None if key == "obs" else vmax, interpolation="nearest")
         ax.set_title(titles[key])
         ax.set_xlabel(f"time bin ({dm.bin_size * 1000:.0f} ms)")
-        fig.colorbar(im, ax=ax, label=unit if key != "obs" else "count")
+        fig.colorbar(im, ax=ax, label=unit if key != "obs" else ("count" if spiking else "value"))
     axes[0].set_ylabel("masked unit")
     fig.suptitle(f"{index.recording_id}, window at {index.start:.1f} s, neuron masking")
     fig.tight_layout()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from neurobridge.baselines import SmoothingGLMBaseline
+from neurobridge.data.tokenizer import VALUE_SOURCES
 from neurobridge.losses import masked_mse, masked_poisson_nll
 from neurobridge.masking import MASKING_MODES
 from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate
@@ -16,7 +17,14 @@ from neurobridge.models import MaskedModel
 from neurobridge.training.checkpoint import CHECKPOINT_KEY, checkpoint_payload
 from neurobridge.training.optim import configure_optimization
 
-__all__ = ["MaskedPretraining"]
+__all__ = ["MaskedPretraining", "SOURCE_GROUPS"]
+
+#: Names under which a values run that reads spiking recordings too (``data.spike_values``)
+#: also reports losses and metrics per kind of recording, pooled over modes, in the order of
+#: :data:`~neurobridge.data.tokenizer.VALUE_SOURCES`.
+SOURCE_GROUPS = tuple(
+    {"value_series": "value_recordings", "spikes": "spike_recordings"}[s] for s in VALUE_SOURCES
+)
 
 
 class MaskedPretraining(L.LightningModule):
@@ -25,7 +33,9 @@ class MaskedPretraining(L.LightningModule):
     Spike counts use the Poisson NLL on log-rates, continuous values the MSE; both only on the
     masked cells. Validation and test score the fixed evaluation masks per mode: co-smoothing
     bits/spike (spikes) or R² (values). At test time the smoothing baseline and, when the files
-    store ground truth, the true-rate oracle are scored on the same cells.
+    store ground truth, the true-rate oracle are scored on the same cells. When the batches
+    carry ``value_source`` (a values run with ``data.spike_values``), losses and R² are also
+    reported per kind of recording (:data:`SOURCE_GROUPS`, pooled over modes).
 
     Args:
         model: the encoder + decoder.
@@ -61,7 +71,9 @@ class MaskedPretraining(L.LightningModule):
         num_units = len(model.encoder.unit_emb.vocab)
         metric_cls = CoBPS if self.is_spiking else MaskedR2
         whos = ("model", "baseline", "oracle") if self.is_spiking else ("model", "oracle")
-        self.metric_keys = [f"{who}/{mode}" for who in whos for mode in (*MASKING_MODES, "all")]
+        groups = (*MASKING_MODES, "all") if self.is_spiking else (*MASKING_MODES, "all",
+                                                                    *SOURCE_GROUPS)
+        self.metric_keys = [f"{who}/{group}" for who in whos for group in groups]
         self.metrics = torch.nn.ModuleDict(
             {k.replace("/", "__"): metric_cls(num_units=num_units) for k in self.metric_keys}
         )
@@ -91,6 +103,12 @@ class MaskedPretraining(L.LightningModule):
             if in_mode.any():
                 self.log(f"{stage}/loss/{mode}", self.loss(pred, batch, in_mode),
                          batch_size=int((batch["mode"] == i).sum()), sync_dist=stage != "train")
+        for i, group in enumerate(SOURCE_GROUPS if "value_source" in batch else ()):
+            in_group = (batch["value_source"] == i)[:, None] & mask
+            if in_group.any():
+                self.log(f"{stage}/loss/{group}", self.loss(pred, batch, in_group),
+                         batch_size=int((batch["value_source"] == i).sum()),
+                         sync_dist=stage != "train")
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
@@ -138,6 +156,12 @@ class MaskedPretraining(L.LightningModule):
                 continue
             for key in (f"{who}/{mode}", f"{who}/all"):
                 self.metrics[key.replace("/", "__")].update(
+                    pred[sel].float(), batch["target"][sel].float(), batch["query_unit_index"][sel]
+                )
+        for i, group in enumerate(SOURCE_GROUPS if "value_source" in batch else ()):
+            sel = (batch["value_source"] == i)[:, None] & mask
+            if sel.any():
+                self.metrics[f"{who}__{group}"].update(
                     pred[sel].float(), batch["target"][sel].float(), batch["query_unit_index"][sel]
                 )
 
