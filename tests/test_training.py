@@ -204,7 +204,7 @@ def test_bf16_mixed_precision_trains_without_nan(small_recordings, tmp_path):
 
 @pytest.mark.slow
 def test_readme_headline_run_beats_the_smoothing_baseline_in_every_mode(tmp_path):
-    """The README's best row (about 50 min on one core): the default synthetic data, encoder
+    """The README's seed-0 row (about 50 min on one core; seed 1 falls short in neuron masking): encoder
     depth 4, mode prompts, 8,000 steps. Run with ``pytest -m slow``."""
     cfg = _cfg(["trainer.max_steps=8000", "trainer.val_check_interval=2000",
                 "model.encoder.depth=4", "model.mode_prompt=true", "task.plots=false",
