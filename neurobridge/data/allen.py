@@ -80,6 +80,7 @@ import numpy as np
 from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries
 
 from neurobridge.data.dataset import SPLITS
+from neurobridge.data.stimuli import presentations_by_split
 from neurobridge.data.synthetic import IMAGE_FOLDER
 from neurobridge.io import atomic_path
 
@@ -827,17 +828,13 @@ def summarize_allen(path: str | Path) -> dict:
     ``presentations``, ``splits`` (``{split: {"presentations": n, "images": n, "seconds": x}}``)."""
     with Data.load(path, lazy=True) as data:
         regions = Counter(np.asarray(data.units.brain_region).astype(str).tolist())
-        onset = np.asarray(data.stimulus_presentations.start)
         image_ids = np.asarray(data.stimulus_presentations.image_id).astype(str)
         splits = {}
-        for split in SPLITS:
-            dom = getattr(data, f"{split}_domain")
-            start, end = np.asarray(dom.start), np.asarray(dom.end)
-            inside = ((start[None] <= onset[:, None]) & (onset[:, None] < end[None])).any(axis=1)
+        for split, (inside, seconds) in presentations_by_split(data).items():
             splits[split] = {
                 "presentations": int(inside.sum()),
                 "images": int(np.unique(image_ids[inside]).size),
-                "seconds": float(np.sum(end - start)),
+                "seconds": seconds,
             }
         return {
             "recording_id": str(data.session.id),
@@ -845,6 +842,6 @@ def summarize_allen(path: str | Path) -> dict:
             "units": dict(regions.most_common()),
             "spikes": int(len(data.spikes.timestamps)),
             "unit_selection": json.loads(str(data.session.unit_selection)),
-            "presentations": int(onset.size),
+            "presentations": int(image_ids.size),
             "splits": splits,
         }

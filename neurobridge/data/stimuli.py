@@ -254,3 +254,16 @@ class StimulusTokenizer:
         if self.pixels is not None:
             out["pixels"] = self.pixels(index.image_id)
         return out
+
+
+def presentations_by_split(data: Data) -> dict[str, tuple[np.ndarray, float]]:
+    """Per split: a ``[n_presentations]`` mask of the presentations whose onset lies in the
+    split's domain, and the domain's total length in seconds (converter summaries)."""
+    onset = np.asarray(data.stimulus_presentations.start)
+    out = {}
+    for split in SPLITS:
+        dom = getattr(data, f"{split}_domain")
+        start, end = np.asarray(dom.start), np.asarray(dom.end)
+        inside = ((start[None] <= onset[:, None]) & (onset[:, None] < end[None])).any(axis=1)
+        out[split] = (inside, float(np.sum(end - start)))
+    return out

@@ -55,6 +55,7 @@ import scipy.io
 from temporaldata import ArrayDict, Data, Interval, RegularTimeSeries
 
 from neurobridge.data.dataset import SPLITS
+from neurobridge.data.stimuli import presentations_by_split
 from neurobridge.io import atomic_path
 
 __all__ = [
@@ -607,20 +608,16 @@ def summarize_tvsd(path: str | Path) -> dict:
     (``{region: n}`` in channel order) and ``splits`` (``{split: {"trials": n, "images": n}}``)."""
     with Data.load(path, lazy=True) as data:
         regions = Counter(np.asarray(data.units.brain_region).astype(str).tolist())
-        onset = np.asarray(data.stimulus_presentations.start)
         image_ids = np.asarray(data.stimulus_presentations.image_id).astype(str)
         splits = {}
-        for split in SPLITS:
-            dom = getattr(data, f"{split}_domain")
-            start, end = np.asarray(dom.start), np.asarray(dom.end)
-            inside = ((start[None] <= onset[:, None]) & (onset[:, None] < end[None])).any(axis=1)
+        for split, (inside, _) in presentations_by_split(data).items():
             splits[split] = {
                 "trials": int(inside.sum()),
                 "images": int(np.unique(image_ids[inside]).size),
             }
         return {
             "recording_id": str(data.session.id),
-            "trials": int(onset.size),
+            "trials": int(image_ids.size),
             "channels": dict(regions),
             "splits": splits,
         }
