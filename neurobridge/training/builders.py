@@ -128,17 +128,23 @@ def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataMod
     """Data module (set up, tokenizer attached) and LightningModule for ``task=pretrain``."""
     dm = build_datamodule(cfg, stimulus=False)
     model = new_masked_model(cfg, dm)
+    return _masked_pretraining(cfg, model, dm, _container(cfg.model)), dm
+
+
+def _masked_pretraining(
+    cfg: DictConfig, model: MaskedModel, dm: NeuralDataModule, model_config: dict
+) -> MaskedPretraining:
+    """Attach ``model``'s tokenizer to ``dm`` and wrap ``model`` in the pretraining module."""
     dm.tokenizer = build_tokenizer(cfg, model.encoder, dm)
     task = cfg.task
-    module = MaskedPretraining(
+    return MaskedPretraining(
         model=model,
         optimizer=_container(task.optimizer),
         scheduler=_container(task.scheduler),
         total_steps=int(cfg.trainer.max_steps),
         baseline=_container(task.baseline) if task.baseline else None,
-        model_config=_container(cfg.model),
+        model_config=model_config,
     )
-    return module, dm
 
 
 def build_session_adaptation(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
@@ -186,16 +192,7 @@ def build_session_adaptation(cfg: DictConfig) -> tuple[MaskedPretraining, Neural
         "Adapting %s to %d new units and %d new sessions; trainable: %s",
         init_from, len(added.units), len(added.sessions), trainable,
     )
-    dm.tokenizer = build_tokenizer(cfg, model.encoder, dm)
-    module = MaskedPretraining(
-        model=model,
-        optimizer=_container(task.optimizer),
-        scheduler=_container(task.scheduler),
-        total_steps=int(cfg.trainer.max_steps),
-        baseline=_container(task.baseline) if task.baseline else None,
-        model_config=model_config,
-    )
-    return module, dm
+    return _masked_pretraining(cfg, model, dm, model_config), dm
 
 
 def check_adaptation_source(init_from) -> None:
