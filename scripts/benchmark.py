@@ -3,8 +3,11 @@
 
 Sections of the report (markdown, printed; ``--markdown PATH`` also writes it to a file):
 
-a. Train step against upstream torch_brain POYO with the same encoder on the same synthetic
-   tokens (the functions of ``scripts/benchmark_encoder.py``), and the ratio.
+a. Train step against upstream torch_brain POYO with the same encoder sizes, and the ratio:
+   on the same synthetic tokens (the functions of ``scripts/benchmark_encoder.py``: the cost
+   of the models alone), and on the same training windows of the default config, POYO reading
+   every spike token and NeuroBridge the tokens left after masking (what pretraining costs
+   against supervised POYO).
 b. Throughput of the masked-pretraining train step on real batches of the default config
    (``configs/config.yaml``: built-in synthetic data, ``poyo_small``): windows/s and input
    tokens/s.
@@ -49,6 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch_brain.data import collate, pad8, track_mask8
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark_encoder as enc  # noqa: E402  (a sibling script, not a package)
@@ -208,6 +212,90 @@ def section_compare(device: str, sizes: Sizes) -> tuple[list[str], dict]:
     return lines, {"ratio": ratio}
 
 
+def same_window_batches(dm, n_batches: int) -> tuple[list[dict], list[dict]]:
+    """``n_batches`` training batches of ``dm`` (masked, as pretraining draws them) and, for
+    the same windows, upstream POYO batches: every spike token of the window (nothing masked)
+    and as many output queries as the masked window decodes cells, at random times, with
+    random 2-d targets."""
+    rng = np.random.default_rng(enc.SEED)
+    tokenizer, length = dm.tokenizer, dm.sequence_length
+    indices = iter(dm.train_dataloader().sampler)
+    masked, full = [], []
+    for _ in range(n_batches):
+        windows = [next(indices) for _ in range(dm.batch_size)]
+        slices = [dm.dataset.get_recording(w.recording_id).slice(w.start, w.end) for w in windows]
+        samples = [tokenizer(data, w) for data, w in zip(slices, windows)]
+        masked.append(collate(samples))
+        outputs = []
+        for sample in samples:
+            q = len(sample["query_mask"].obj)
+            outputs.append({
+                "output_session_index": pad8(np.full(q, sample["session_index"])),
+                "output_timestamps": pad8(np.sort(rng.uniform(0.0, length, q)).astype(np.float32)),
+                "output_mask": track_mask8(np.ones(q, dtype=bool)),
+                "target": pad8(rng.standard_normal((q, enc.READOUT.dim)).astype(np.float32)),
+            })
+        outputs = collate(outputs)
+        full.append({
+            "spikes": collate([tokenizer.encoder_tokens(data) for data in slices]),
+            "target": outputs.pop("target"),
+            "outputs": outputs,
+        })
+    return masked, full
+
+
+def section_same_windows(device: str, sizes: Sizes, module, dm) -> tuple[list[str], dict]:
+    """The masked-pretraining train step of the default config against a supervised upstream
+    POYO step (same encoder sizes) on the same windows, POYO reading every spike token."""
+    from torch_brain.models import POYO
+
+    enc_cfg = {k: v for k, v in module.model_config["encoder"].items() if k in enc.POYO_ARGS}
+    masked, full = same_window_batches(dm, sizes.real_batches)
+    masked = [_move(b, device) for b in masked]
+    full = [_move(b, device) for b in full]
+    def build_poyo():
+        torch.manual_seed(enc.SEED)
+        poyo = POYO(readout_spec=enc.READOUT, **enc_cfg)
+        poyo.unit_emb.initialize_vocab(dm.unit_ids)
+        poyo.session_emb.initialize_vocab(dm.session_ids)
+        return poyo
+
+    cycle_masked, cycle_full = forever(masked), forever(full)
+    args = options(device, sizes, batch=dm.batch_size)
+    results = enc.measure_interleaved({
+        "POYO train step (all tokens)": (
+            build_poyo, lambda m: enc.train_step(
+                m, lambda mod, _: enc.poyo_loss(mod, next(cycle_full)), None, args)),
+        "NeuroBridge train step (masked)": (
+            lambda: module, lambda m: enc.train_step(
+                m, lambda mod, _: pretrain_loss(mod, next(cycle_masked)), None, args)),
+    }, args, budget_s=sizes.long_budget_s)
+    poyo, ours = results.values()
+    ratio = ours["median_ms"] / poyo["median_ms"]
+    tokens_full = _mean([float(b["spikes"]["input_mask"].sum()) for b in full])
+    tokens_masked = _mean([float(b["encoder_inputs"]["input_mask"].sum()) for b in masked])
+    cells = _mean([float(b["query_mask"].sum()) for b in masked])
+    per = dm.batch_size
+    lines = [
+        "#### Same windows: masked pretraining against supervised POYO",
+        "",
+        f"{sizes.real_batches} training batches of the default config (batch {per}), cycled; "
+        f"POYO (the encoder's sizes: dim {enc_cfg['dim']}, depth {enc_cfg['depth']}) reads every "
+        f"spike token of each window ({tokens_full / per:.0f} on average) and outputs a 2-d "
+        "value (MSE) at as many random times as NeuroBridge decodes cells in the window "
+        f"({cells / per:.0f} on average); NeuroBridge reads the tokens left after masking "
+        f"({tokens_masked / per:.0f}) and decodes the masked cells (Poisson NLL); forward + "
+        "backward + AdamW, the steps alternating.",
+        "",
+        *_table(["configuration", "step ms (median)", "mean ± std", "steps timed"],
+                [[name, f"{r['median_ms']:.1f}", f"{r['mean_ms']:.1f} ± {r['std_ms']:.1f}",
+                  r["steps"]] for name, r in results.items()]),
+        "",
+        f"- train step time NeuroBridge / POYO, same windows: {ratio:.3f}",
+    ]
+    return lines, {"ratio": ratio}
+
+
 # --------------------------------------------------- b. real batches of the default config
 
 
@@ -267,7 +355,7 @@ def section_throughput(device: str, sizes: Sizes, overrides: list[str]):
     ]
     if device == "cuda":
         lines.append(f"- peak memory (torch.cuda.max_memory_allocated): {r['peak_mib']:.0f} MiB")
-    return lines, {"windows_s": windows_s, "tokens_s": tokens_s}, dm
+    return lines, {"windows_s": windows_s, "tokens_s": tokens_s}, module, dm
 
 
 # ------------------------------------------------------------------------- c. scaling
@@ -529,7 +617,8 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     a_lines, _ = run("a", section_compare, args.device, sizes)
-    b_lines, b, dm = run("b", section_throughput, args.device, sizes, args.override)
+    b_lines, b, module, dm = run("b", section_throughput, args.device, sizes, args.override)
+    a2_lines, _ = run("a2", section_same_windows, args.device, sizes, module, dm)
     c_lines, _ = run("c", section_scaling, args.device, sizes)
     d_lines, _ = run("d", section_pipeline, dm, sizes, b["windows_s"])
     e_lines, _ = run("e", section_gpu_memory, args.device, sizes)
@@ -547,7 +636,7 @@ def main(argv: list[str] | None = None) -> int:
           if busy else []),
         f"- command: `{' '.join(['python scripts/benchmark.py', *raw])}`",
         "",
-        *a_lines, "", *b_lines, "", *c_lines, "", *d_lines, "", *e_lines, "",
+        *a_lines, "", *a2_lines, "", *b_lines, "", *c_lines, "", *d_lines, "", *e_lines, "",
         "### Run",
         "",
         f"- wall time: {total:.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())

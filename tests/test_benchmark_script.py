@@ -69,6 +69,13 @@ def test_quick_benchmark_prints_every_section(tmp_path, capsys):
     for row in ("POYO train step", "NeuroBridge train step"):
         assert _number(rf"^\| {row} \| {NUM} \|", printed) > 0
     assert _number(rf"^- train step time NeuroBridge / POYO: {NUM}$", printed) > 0
+    # a, same windows: POYO reads every token, NeuroBridge the tokens left after masking
+    for row in ("POYO train step \\(all tokens\\)", "NeuroBridge train step \\(masked\\)"):
+        assert _number(rf"^\| {row} \| {NUM} \|", printed) > 0
+    assert _number(rf"^- train step time NeuroBridge / POYO, same windows: {NUM}$", printed) > 0
+    every = _number(rf"every spike token of each window \({NUM} on average\)", printed)
+    visible = _number(rf"the tokens left after masking \({NUM}\)", printed)
+    assert 0 < visible < every
     # b: throughput of the real train step
     assert _number(rf"^- throughput: {NUM} windows/s", printed) > 0
     assert _number(rf"windows/s, {NUM} input tokens/s$", printed) > 0
