@@ -126,6 +126,19 @@ def test_masked_model_shapes_and_masked_queries_are_independent(encoder_cls):
     assert enc.unit_emb_dim == (KW["dim"] if encoder_cls is NeuroBridgePOYO else KW["dim"] // 2)
 
 
+def test_decoder_ffn_mult_sets_the_feed_forward_width():
+    def ffn_hidden(decoder):
+        return [block[1][1].net[-1].in_features for block in decoder.blocks]
+
+    wide = TargetSequenceDecoder(dim=32, unit_emb_dim=32, depth=2, dim_head=16)
+    narrow = TargetSequenceDecoder(dim=32, unit_emb_dim=32, depth=2, dim_head=16, ffn_mult=1)
+    assert ffn_hidden(wide) == [128, 128] and ffn_hidden(narrow) == [32, 32]
+    saved = sum(p.numel() for p in wide.parameters()) - sum(p.numel() for p in narrow.parameters())
+    assert saved == 2 * 3 * (4 - 1) * 32 * 32 + 2 * (2 * 3 * 32)  # weights + biases, 2 blocks
+    with pytest.raises(ValueError, match="ffn_mult must be >= 1"):
+        TargetSequenceDecoder(dim=32, unit_emb_dim=32, ffn_mult=0)
+
+
 def test_poisson_loss_matches_torch_on_masked_cells():
     gen = torch.Generator().manual_seed(0)
     log_rate = torch.randn(4, 30, generator=gen)

@@ -28,6 +28,11 @@ class TargetSequenceDecoder(nn.Module):
         depth: number of cross-attention blocks.
         heads: attention heads per block.
         dim_head: width of each head.
+        ffn_mult: hidden width of each block's GEGLU feed-forward, in multiples of ``dim``.
+            With ``heads * dim_head == dim`` a decoded cell costs about
+            ``depth * (3 * ffn_mult + 2) * dim**2`` multiply-adds (plus attention over the
+            latents), most of it in the feed-forward; an encoder input token costs
+            ``2 * dim**2`` (its keys and values).
         ffn_dropout, atn_dropout: dropout rates.
         t_min, t_max: rotary period range in seconds (use the encoder's).
         init_bias: initial value of the output bias (e.g. the log of the mean count per bin).
@@ -44,6 +49,7 @@ class TargetSequenceDecoder(nn.Module):
         depth: int = 2,
         heads: int = 2,
         dim_head: int = 64,
+        ffn_mult: int = 4,
         ffn_dropout: float = 0.0,
         atn_dropout: float = 0.0,
         t_min: float = 1e-4,
@@ -54,6 +60,8 @@ class TargetSequenceDecoder(nn.Module):
         super().__init__()
         if depth < 1:
             raise ValueError(f"TargetSequenceDecoder depth must be >= 1, got {depth}.")
+        if ffn_mult < 1:
+            raise ValueError(f"TargetSequenceDecoder ffn_mult must be >= 1, got {ffn_mult}.")
         self.unit_proj = nn.Linear(unit_emb_dim, dim) if unit_emb_dim != dim else nn.Identity()
         self.rotary_emb = RotaryTimeEmbedding(
             head_dim=dim_head, rotate_dim=dim_head // 2, t_min=t_min, t_max=t_max
@@ -64,7 +72,7 @@ class TargetSequenceDecoder(nn.Module):
                     RotaryCrossAttention(
                         dim=dim, heads=heads, dim_head=dim_head, dropout=atn_dropout
                     ),
-                    nn.Sequential(nn.LayerNorm(dim), FeedForward(dim=dim, dropout=ffn_dropout)),
+                    nn.Sequential(nn.LayerNorm(dim), FeedForward(dim=dim, mult=ffn_mult, dropout=ffn_dropout)),
                 ]
             )
             for _ in range(depth)
