@@ -253,6 +253,7 @@ def section_same_windows(device: str, sizes: Sizes, module, dm) -> tuple[list[st
     masked, full = same_window_batches(dm, sizes.real_batches)
     masked = [_move(b, device) for b in masked]
     full = [_move(b, device) for b in full]
+
     def build_poyo():
         torch.manual_seed(enc.SEED)
         poyo = POYO(readout_spec=enc.READOUT, **enc_cfg)

@@ -72,7 +72,9 @@ class TargetSequenceDecoder(nn.Module):
                     RotaryCrossAttention(
                         dim=dim, heads=heads, dim_head=dim_head, dropout=atn_dropout
                     ),
-                    nn.Sequential(nn.LayerNorm(dim), FeedForward(dim=dim, mult=ffn_mult, dropout=ffn_dropout)),
+                    nn.Sequential(
+                        nn.LayerNorm(dim), FeedForward(dim=dim, mult=ffn_mult, dropout=ffn_dropout)
+                    ),
                 ]
             )
             for _ in range(depth)
