@@ -74,6 +74,29 @@ def test_sampler_shards_by_rank_without_loss(small_recordings, monkeypatch):
     assert not set(shards[0]) & set(shards[1])
 
 
+@pytest.mark.parametrize("world", [4, 7])
+def test_training_shards_are_disjoint_and_equally_long(small_recordings, monkeypatch, world):
+    """Each rank draws different training windows, and every rank as many (DDP pairs the
+    ranks' optimizer steps); at most world - 1 windows of the epoch are left out."""
+    import neurobridge.data.samplers as samplers
+
+    dm = _datamodule(small_recordings)
+    sampler = dm.train_dataloader().sampler
+    sampler.set_epoch(3)
+    everything = [(i.recording_id, i.start, i.mask_seed) for i in sampler]
+    assert len(everything) % world, "the fixture should not divide evenly"
+    shards = []
+    for rank in range(world):
+        monkeypatch.setattr(samplers, "rank_world", lambda r=rank: (r, world))
+        shard = [(i.recording_id, i.start, i.mask_seed) for i in sampler]
+        assert len(shard) == len(sampler) == len(everything) // world
+        shards.append(shard)
+    union = [w for shard in shards for w in shard]
+    assert len(set(union)) == len(union)  # disjoint
+    assert set(union) <= set(everything)
+    assert len(everything) - len(union) == len(everything) % world
+
+
 def test_train_counts_cover_the_train_split(small_recordings):
     dm = _datamodule(small_recordings)
     rid = dm.dataset.recording_ids[0]

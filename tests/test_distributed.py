@@ -14,23 +14,26 @@ from neurobridge.training.run import run
 TRAIN = Path(__file__).resolve().parent.parent / "examples" / "train.py"
 
 
-def test_ddp_evaluation_equals_a_single_process_run(small_recordings, tmp_path):
-    """Two ranks score disjoint shards of the fixed evaluation windows; the summed metric states
-    give exactly the single-process co-bps of the same weights."""
+def test_ddp_trains_checkpoints_once_and_scores_like_a_single_process(small_recordings, tmp_path):
+    """Two gloo ranks pretrain from scratch for a few steps (each rank its own windows) and
+    write one last.ckpt; re-scoring that checkpoint in a single process (a resume of the
+    finished run, which trains nothing) gives the co-bps the two ranks gathered."""
     base = ["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null",
             "trainer.max_steps=4", "trainer.val_check_interval=4"]
-    single = run(_cfg(base), tmp_path / "single")
-    ckpt = tmp_path / "single" / "checkpoints" / "last.ckpt"
-    # resuming a finished run trains nothing and re-tests the same weights, here on 2 ranks
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, str(TRAIN), *base, f"resume_from={ckpt}", "trainer=ddp",
+    cmd = [sys.executable, str(TRAIN), *base, "trainer=ddp",
            "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32-true",
            "data.num_workers=0", "trainer.enable_progress_bar=false",
            f"hydra.run.dir={tmp_path / 'ddp'}"]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     ddp = json.loads((tmp_path / "ddp" / "metrics.json").read_text())
-    assert ddp["train/global_step"] == single["train/global_step"] == 4
+    assert ddp["train/global_step"] == 4
+    # one checkpoint file, written by rank 0 only
+    assert sorted(p.name for p in (tmp_path / "ddp" / "checkpoints").iterdir()) == ["last.ckpt"]
+    ckpt = tmp_path / "ddp" / "checkpoints" / "last.ckpt"
+    single = run(_cfg([*base, f"resume_from={ckpt}"]), tmp_path / "single")
+    assert single["train/global_step"] == 4
     modes = ("temporal", "neuron", "intra_region", "inter_region")
     for key in ["test/co_bps", "test/oracle/co_bps", *(f"test/co_bps/{m}" for m in modes)]:
         assert ddp[key] == pytest.approx(single[key], abs=1e-5), key

@@ -151,12 +151,15 @@ def test_stimulus_sampler_order_depends_on_seed_and_epoch(monkeypatch):
     assert [w.onset for w in sampler] != first
     ordered = StimulusWindowSampler(windows, shuffle=False)
     assert [w.onset for w in ordered] == [w.onset for w in windows]
-    shards = []
-    for rank in (0, 1):
-        monkeypatch.setattr(samplers, "rank_world", lambda r=rank: (r, 2))
-        monkeypatch.setattr("neurobridge.data.stimuli.rank_world", lambda r=rank: (r, 2))
+    shards, train_shards = [], []
+    for rank in (0, 1, 2):
+        monkeypatch.setattr(samplers, "rank_world", lambda r=rank: (r, 3))
         shards.append([w.onset for w in ordered])
-    assert sorted(shards[0] + shards[1]) == [w.onset for w in windows]
+        train_shards.append([w.onset for w in sampler])
+        assert len(train_shards[-1]) == len(sampler) == len(windows) // 3
+    # evaluation keeps every window; training drops len % world so every rank steps alike
+    assert sorted(sum(shards, [])) == [w.onset for w in windows]
+    assert len(windows) % 3 != 0 and len(set(sum(train_shards, []))) == len(windows) // 3 * 3
     with pytest.raises(ValueError, match="No stimulus-locked window"):
         StimulusWindowSampler([], shuffle=False)
 

@@ -2,8 +2,10 @@
 
 Both samplers yield :class:`~neurobridge.data.tokenizer.WindowIndex` objects. They shard by
 rank themselves (so the Trainer must run with ``use_distributed_sampler=False``): rank ``r``
-of ``W`` takes every ``W``-th index starting at ``r``, without padding or dropping, so that
-metric sums gathered over ranks equal a single-process run.
+of ``W`` takes every ``W``-th index starting at ``r`` (:func:`rank_shard`). Evaluation shards
+keep every window, so that metric sums gathered over ranks equal a single-process run;
+training shards drop the last ``N mod W`` windows of the epoch, so that every rank runs the
+same number of optimizer steps per epoch (DDP's gradient all-reduce pairs the ranks' steps).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ __all__ = [
     "TrainWindowSampler",
     "EvalWindowSampler",
     "check_recording_weighting",
+    "rank_shard",
     "rank_world",
 ]
 
@@ -56,6 +59,17 @@ def rank_world() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
+
+
+def rank_shard(items: Sequence, *, even: bool) -> Sequence:
+    """This rank's share of ``items``: every ``W``-th item from the rank's index.
+
+    ``even=True`` (training) first drops the last ``len(items) % W`` items, so every rank gets
+    ``len(items) // W``; ``even=False`` (evaluation) keeps them all (shares differ by one).
+    """
+    rank, world = rank_world()
+    stop = len(items) - len(items) % world if even else len(items)
+    return items[rank:stop:world]
 
 
 class TrainWindowSampler(torch.utils.data.Sampler):
@@ -137,15 +151,13 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         return [out[i] for i in rng.permutation(len(out))]
 
     def __iter__(self) -> Iterator[WindowIndex]:
-        rank, world = rank_world()
-        yield from self._all_indices()[rank::world]
+        yield from rank_shard(self._all_indices(), even=True)
 
     def __len__(self) -> int:
-        rank, world = rank_world()
         n = len(RandomFixedWindowSampler(
             sampling_intervals=self.intervals, window_length=self.window_length - _SLACK
         ))
-        return len(range(rank, n, world))
+        return len(rank_shard(range(n), even=True))
 
 
 class EvalWindowSampler(torch.utils.data.Sampler):
@@ -210,9 +222,7 @@ class EvalWindowSampler(torch.utils.data.Sampler):
                 )
 
     def __iter__(self) -> Iterator[WindowIndex]:
-        rank, world = rank_world()
-        yield from self.indices[rank::world]
+        yield from rank_shard(self.indices, even=False)
 
     def __len__(self) -> int:
-        rank, world = rank_world()
-        return len(range(rank, len(self.indices), world))
+        return len(rank_shard(self.indices, even=False))

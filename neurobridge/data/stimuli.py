@@ -28,7 +28,7 @@ import torch
 from temporaldata import Data, Interval
 
 from neurobridge.data.dataset import SPLITS
-from neurobridge.data.samplers import rank_world
+from neurobridge.data.samplers import rank_shard
 from neurobridge.data.tokenizer import MaskedTokenizer, WindowIndex
 
 __all__ = [
@@ -155,7 +155,7 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
 
     Training windows get a fresh mask seed per epoch (for the masked view of ``finetune``);
     the order and seeds depend only on ``(seed, epoch)``. Shards by DDP rank like the other
-    samplers (rank ``r`` of ``W`` takes every ``W``-th window).
+    samplers (:func:`~neurobridge.data.samplers.rank_shard`; training shards are even).
 
     Args:
         windows: the split's windows.
@@ -199,12 +199,10 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         ]
 
     def __iter__(self) -> Iterator[StimulusWindowIndex]:
-        rank, world = rank_world()
-        yield from self._all_indices()[rank::world]
+        yield from rank_shard(self._all_indices(), even=self.shuffle)
 
     def __len__(self) -> int:
-        rank, world = rank_world()
-        return len(range(rank, len(self.windows), world))
+        return len(rank_shard(range(len(self.windows)), even=self.shuffle))
 
 
 class StimulusTokenizer:
