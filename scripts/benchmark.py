@@ -54,6 +54,8 @@ import numpy as np
 import torch
 from torch_brain.data import collate, pad8, track_mask8
 
+from neurobridge.models import set_attention_backend
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import benchmark_encoder as enc  # noqa: E402  (a sibling script, not a package)
 
@@ -113,9 +115,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=None,
                    help="also write the report (a markdown section) to this file")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="Hydra override of the default config for sections b and d (repeatable)")
+                   help="Hydra override of the default config for sections b, a2 and d (repeatable)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's default)")
+    enc.add_attention_argument(p)
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: CUDA is not available")
@@ -280,9 +283,10 @@ def section_same_windows(device: str, sizes: Sizes, module, dm) -> tuple[list[st
     lines = [
         "#### Same windows: masked pretraining against supervised POYO",
         "",
-        f"{sizes.real_batches} training batches of the default config (batch {per}), cycled; "
+        f"{sizes.real_batches} training batches of the config of b (batch {per}), cycled; "
         f"POYO (the encoder's sizes: dim {enc_cfg['dim']}, depth {enc_cfg['depth']}) reads every "
-        f"spike token of each window ({tokens_full / per:.0f} on average) and outputs a 2-d "
+        f"input token of each window (spikes and every unit's start and end tokens: "
+        f"{tokens_full / per:.0f} on average) and outputs a 2-d "
         "value (MSE) at as many random times as NeuroBridge decodes cells in the window "
         f"({cells / per:.0f} on average); NeuroBridge reads the tokens left after masking "
         f"({tokens_masked / per:.0f}) and decodes the masked cells (Poisson NLL); forward + "
@@ -345,8 +349,8 @@ def section_throughput(device: str, sizes: Sizes, overrides: list[str]):
         + (f", overrides {' '.join(sizes.overrides + tuple(overrides))}" if
            sizes.overrides or overrides else "")
         + f"): encoder dim {enc_cfg.dim}, depth {enc_cfg.depth}; batch {windows:.0f} windows "
-        f"with on average {tokens / windows:.0f} input spike tokens ({padded / windows:.0f} "
-        f"with padding) and {cells / windows:.0f} decoded cells per window; forward + masked "
+        f"with on average {tokens / windows:.0f} input tokens (spikes and each visible unit's "
+        f"start and end tokens; {padded / windows:.0f} with padding) and {cells / windows:.0f} decoded cells per window; forward + masked "
         f"Poisson NLL + backward + AdamW, {sizes.real_batches} batches cycled, {r['steps']} steps "
         "timed.",
         "",
@@ -604,6 +608,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(raw)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    set_attention_backend(args.attention)
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
     rss0 = max_rss_mib()

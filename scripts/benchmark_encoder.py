@@ -41,7 +41,14 @@ from torch_brain.registry import MODALITY_REGISTRY
 from torch_brain.utils import create_linspace_latent_tokens
 
 from neurobridge.losses import masked_poisson_nll
-from neurobridge.models import MaskedModel, NeuroBridgePOYO, TargetSequenceDecoder
+from neurobridge.models import (
+    ATTENTION_BACKENDS,
+    MaskedModel,
+    NeuroBridgePOYO,
+    TargetSequenceDecoder,
+    attention_backend,
+    set_attention_backend,
+)
 
 MODEL_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
 PRESETS = {"small": "poyo_small", "4090": "poyo_4090"}
@@ -70,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch CPU threads (default: torch's default)")
     p.add_argument("--record", type=Path, default=None,
                    help="append the report as a markdown section to this file")
+    add_attention_argument(p)
     args = p.parse_args(argv)
     for name in ("batch", "spikes", "queries", "units", "steps"):
         if getattr(args, name) < 1:
@@ -307,11 +315,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def add_attention_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default="sdpa",
+                   help="attention kernel of torch_brain's layers, as the config's "
+                        "attention_backend (auto: xformers on CUDA when installed)")
+
+
 def machine(device: str) -> str:
-    """CPU model, logical CPUs, torch threads, torch version and device (with the GPU's name)."""
+    """CPU model, logical CPUs, torch threads, torch version, device (with the GPU's name) and
+    the attention backend in use."""
     name = f"cuda ({torch.cuda.get_device_name()})" if device == "cuda" else device
     return (f"{cpu_model()} ({os.cpu_count()} logical CPUs, {torch.get_num_threads()} torch "
-            f"threads), torch {torch.__version__}, device {name}")
+            f"threads), torch {torch.__version__}, device {name}, attention "
+            f"{attention_backend()}")
 
 
 def format_report(args: argparse.Namespace, preset: dict, results: dict[str, dict]) -> str:
@@ -387,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    set_attention_backend(args.attention)
     preset = load_preset(args.model)
     report = format_report(args, preset, compare(args, preset))
     print(report, end="")

@@ -28,10 +28,14 @@ def _number(pattern: str, text: str) -> float:
     return value
 
 
-def test_benchmark_prints_and_records_both_models(tmp_path, capsys):
+def test_benchmark_prints_and_records_both_models(tmp_path, capsys, monkeypatch):
+    import torch_brain.nn.rotary_attention as rotary
+
+    # --attention sets torch_brain's process-wide kernel handle: restore it afterwards
+    monkeypatch.setattr(rotary, "xops", rotary.xops)
     record = tmp_path / "bench" / "benchmarks.md"
     args = ["--steps", "2", "--warmup", "1", "--batch", "2", "--spikes", "32", "--queries", "16",
-            "--model", "small", "--record", str(record)]
+            "--model", "small", "--record", str(record), "--attention", "auto"]
     script = _load_script("benchmark_encoder")
     assert script.main(args) == 0
     printed = capsys.readouterr().out
@@ -47,6 +51,8 @@ def test_benchmark_prints_and_records_both_models(tmp_path, capsys):
             assert value > 0
     assert "model small (dim 64, depth 2, 64 latents" in printed
     assert "torch " in printed and "device cpu" in printed
+    # auto is torch_brain's own choice: xformers only where it is importable
+    assert f"attention {'sdpa' if rotary.xops is None else 'auto'}" in printed
 
 
 NUM = r"(-?[0-9][0-9,]*\.?[0-9]*(?:e[-+]?[0-9]+)?)"
@@ -62,7 +68,7 @@ def test_quick_benchmark_prints_every_section(tmp_path, capsys):
                     "### b. Masked-pretraining train step", "### c. Scaling",
                     "### d. Data pipeline", "### e. Peak memory of the gpu_4090 preset"):
         assert heading in printed, heading
-    assert re.search(r"^- machine: .+ logical CPUs, \d+ torch threads\), torch \S+, device cpu$",
+    assert re.search(r"^- machine: .+ logical CPUs, \d+ torch threads\), torch \S+, device cpu, attention sdpa$",
                      printed, re.M)
 
     # a: both train steps timed, their ratio
@@ -73,7 +79,7 @@ def test_quick_benchmark_prints_every_section(tmp_path, capsys):
     for row in ("POYO train step \\(all tokens\\)", "NeuroBridge train step \\(masked\\)"):
         assert _number(rf"^\| {row} \| {NUM} \|", printed) > 0
     assert _number(rf"^- train step time NeuroBridge / POYO, same windows: {NUM}$", printed) > 0
-    every = _number(rf"every spike token of each window \({NUM} on average\)", printed)
+    every = _number(rf"start and end tokens: {NUM} on average\)", printed)
     visible = _number(rf"the tokens left after masking \({NUM}\)", printed)
     assert 0 < visible < every
     # b: throughput of the real train step
