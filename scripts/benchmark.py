@@ -317,8 +317,10 @@ def forever(loader) -> Iterator[dict]:
 
 
 def pretrain_loss(module, batch: dict) -> torch.Tensor:
-    """The loss of ``MaskedPretraining.training_step`` (without its logging)."""
-    return module.loss(module(batch), batch, batch["query_mask"])
+    """``MaskedPretraining.training_step``'s loss (masked cells, plus the weighted unmasked
+    ones with ``data.train_unmasked_queries``); its logging is switched off (no Trainer)."""
+    module.log = lambda *args, **kwargs: None
+    return module.training_step(batch, 0)
 
 
 def section_throughput(device: str, sizes: Sizes, overrides: list[str]):

@@ -37,6 +37,26 @@ def test_train_batches_mix_modes_with_per_sample_masks(small_recordings):
         assert masks[b][batch["query_unit"][b][q], batch["query_bin"][b][q]].all()
 
 
+def test_unmasked_queries_are_decoded_next_to_the_masked_cells(small_recordings):
+    dm = _datamodule(small_recordings, train_unmasked_queries=10)
+    batch = next(iter(dm.train_dataloader()))
+    masked, visible = batch["query_mask"], batch["query_visible"]
+    assert masked.dtype == visible.dtype == torch.bool and not (masked & visible).any()
+    assert visible.sum(1).tolist() == [10] * 8  # every window has more than 10 visible cells
+    assert masked.sum(1).max() <= dm.train_max_queries
+    for b in range(8):
+        v = visible[b]
+        assert not batch["grid_mask"][b][batch["query_unit"][b][v], batch["query_bin"][b][v]].any()
+    # evaluation windows decode masked cells only
+    assert not next(iter(dm.val_dataloader()))["query_visible"].any()
+
+
+@pytest.mark.parametrize("value", [-1, 2.5, True])
+def test_bad_unmasked_query_counts_are_refused(small_recordings, value):
+    with pytest.raises(ValueError, match="data.train_unmasked_queries must be an integer >= 0"):
+        NeuralDataModule(root=str(small_recordings), train_unmasked_queries=value)
+
+
 def test_training_windows_and_masks_depend_only_on_seed_and_epoch(small_recordings):
     dm = _datamodule(small_recordings)
     s1 = list(dm.train_dataloader().sampler)

@@ -175,3 +175,5 @@ def test_stimulus_datamodule_windows_and_errors(visual_recordings):
         assert w.end - w.start == pytest.approx(1.0) and w.onset - w.start == pytest.approx(0.2)
     with pytest.raises(ValueError, match="must equal the encoder's sequence_length"):
         StimulusDataModule(root=str(visual_recordings), pre_onset=0.2, post_onset=0.5)
+    with pytest.raises(ValueError, match="train_unmasked_queries is for masked pretraining"):
+        StimulusDataModule(root=str(visual_recordings), train_unmasked_queries=8)

@@ -100,6 +100,27 @@ def test_max_queries_takes_a_subset_of_masked_cells():
     assert len(sub) == 7 and sub < cells
 
 
+@pytest.mark.parametrize("mode", MASKING_MODES)
+def test_unmasked_queries_add_visible_cells_and_keep_the_masked_ones(mode):
+    tok, data = _tokenizer(), _window(2)
+    index = dict(mask_seed=5, mode=mode, max_queries=30)
+    plain = tok(data, WindowIndex("s0", 0.0, 1.0, **index))
+    both = tok(data, WindowIndex("s0", 0.0, 1.0, unmasked_queries=12, **index))
+    mask = _unpad(both["grid_mask"]).T
+    qb, qu = _unpad(both["query_bin"]), _unpad(both["query_unit"])
+    masked, visible = _unpad(both["query_mask"]), _unpad(both["query_visible"])
+    assert masked.dtype == visible.dtype == np.bool_ and not (masked & visible).any()
+    assert visible.sum() == min(12, (~mask).sum()) > 0
+    assert mask[qb[masked], qu[masked]].all() and not mask[qb[visible], qu[visible]].any()
+    # the masked cells (and so the masked loss) are those drawn without unmasked queries
+    np.testing.assert_array_equal(qb[masked], _unpad(plain["query_bin"]))
+    np.testing.assert_array_equal(qu[masked], _unpad(plain["query_unit"]))
+    assert not _unpad(plain["query_visible"]).any()
+    grid = bin_spikes(data.spikes.timestamps, data.spikes.unit_index, num_units=9, start=0.0,
+                      end=1.0, bin_size=BIN)
+    np.testing.assert_array_equal(_unpad(both["target"]), grid[qb, qu])
+
+
 def test_unknown_unit_names_the_fix():
     tok = _tokenizer()
     tok.unit_vocab.pop("s0/u3")

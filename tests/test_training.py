@@ -72,6 +72,28 @@ def test_config_errors_are_rejected_before_any_data_is_read(tmp_path, overrides,
         run(cfg, tmp_path / "run")
 
 
+def test_decoded_unmasked_cells_add_their_weighted_loss(small_recordings):
+    import torch
+
+    from neurobridge.training import build_pretraining
+
+    base = ["data=recordings", f"data.root={small_recordings}", *FAST]
+    module, dm = build_pretraining(_cfg(base + ["data.train_unmasked_queries=16"]))
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["query_visible"].sum() == 16 * len(batch["mode"])
+    module.log = lambda *args, **kwargs: None  # no Trainer attached
+    with torch.no_grad():
+        pred = module(batch)
+        masked = module.loss(pred, batch, batch["query_mask"]).item()
+        unmasked = module.loss(pred, batch, batch["query_visible"]).item()
+        for weight in (0.0, 2.5):
+            module.unmasked_weight = weight
+            assert module.training_step(batch, 0).item() == pytest.approx(masked + weight * unmasked)
+    assert unmasked != pytest.approx(masked)
+    with pytest.raises(ValueError, match="task.unmasked_weight must be a finite number >= 0"):
+        build_pretraining(_cfg(base + ["task.unmasked_weight=-1"]))
+
+
 def test_unknown_config_group_option_lists_choices():
     with pytest.raises(ConfigCompositionException, match="poyo_small"):
         _cfg(["model=poyo_huge"])

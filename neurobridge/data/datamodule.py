@@ -153,6 +153,10 @@ class NeuralDataModule(L.LightningDataModule):
         max_val_windows: cap on validation windows (test always uses all windows).
         train_max_queries: decode at most this many masked cells per training window
             (``None``: all). Evaluation always decodes every masked cell.
+        train_unmasked_queries: also decode this many unmasked cells (cells the encoder sees)
+            per training window, a random subset, for a reconstruction loss next to the masked
+            one (``task.unmasked_weight``); 0 decodes masked cells only. Masked pretraining
+            only (a stimulus data module refuses it).
         recording_weighting: how training windows are shared between recordings:
             ``"proportional"`` to recorded time, ``"uniform"``, or ``"sqrt"`` (see
             :class:`~neurobridge.data.samplers.TrainWindowSampler`).
@@ -184,6 +188,7 @@ class NeuralDataModule(L.LightningDataModule):
         eval_modes: Sequence[str] = MASKING_MODES,
         max_val_windows: int | None = 64,
         train_max_queries: int | None = 384,
+        train_unmasked_queries: int = 0,
         recording_weighting: str = "proportional",
         train_seconds: float | None = None,
     ):
@@ -195,6 +200,12 @@ class NeuralDataModule(L.LightningDataModule):
         bad = set(eval_modes) - set(MASKING_MODES)
         if bad:
             raise ValueError(f"data.eval_modes has unknown modes {sorted(bad)}; valid: {list(MASKING_MODES)}.")
+        if isinstance(train_unmasked_queries, bool) or not isinstance(train_unmasked_queries, int) \
+                or train_unmasked_queries < 0:
+            raise ValueError(
+                "data.train_unmasked_queries must be an integer >= 0 (unmasked cells decoded per "
+                f"training window), got {train_unmasked_queries!r}."
+            )
         check_recording_weighting(recording_weighting)
         check_train_seconds(train_seconds)
         check_spike_values(spike_values, modality, spike_values_zscore)
@@ -218,6 +229,7 @@ class NeuralDataModule(L.LightningDataModule):
         self.eval_modes = list(eval_modes)
         self.max_val_windows = max_val_windows
         self.train_max_queries = train_max_queries
+        self.train_unmasked_queries = train_unmasked_queries
         self.recording_weighting = recording_weighting
         self.train_seconds = None if train_seconds is None else float(train_seconds)
         self.dataset: RecordingDataset | None = None
@@ -296,6 +308,7 @@ class NeuralDataModule(L.LightningDataModule):
             window_length=self.sequence_length,
             seed=self.seed,
             max_queries=self.train_max_queries,
+            unmasked_queries=self.train_unmasked_queries,
             recording_weighting=self.recording_weighting,
         )
         return self._loader(sampler, self.batch_size)
@@ -370,6 +383,11 @@ class StimulusDataModule(NeuralDataModule):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if self.train_unmasked_queries:
+            raise ValueError(
+                "data.train_unmasked_queries is for masked pretraining; stimulus-locked tasks "
+                "(align, finetune, reconstruct) decode masked cells only: set it to 0."
+            )
         if pre_onset < 0 or post_onset <= 0:
             raise ValueError(
                 f"data.pre_onset must be >= 0 and data.post_onset > 0, got {pre_onset}, {post_onset}."

@@ -90,6 +90,7 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         window_length: window length in seconds.
         seed: base seed.
         max_queries: cap on decoded masked cells per window (see :class:`WindowIndex`).
+        unmasked_queries: unmasked cells decoded per window (see :class:`WindowIndex`).
         recording_weighting: one of :data:`RECORDING_WEIGHTINGS`.
     """
 
@@ -100,6 +101,7 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         window_length: float,
         seed: int = 0,
         max_queries: int | None = None,
+        unmasked_queries: int = 0,
         recording_weighting: str = "proportional",
     ):
         check_recording_weighting(recording_weighting)
@@ -107,6 +109,7 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         self.window_length = window_length
         self.seed = seed
         self.max_queries = max_queries
+        self.unmasked_queries = unmasked_queries
         self.recording_weighting = recording_weighting
         self.epoch = 0
 
@@ -127,7 +130,8 @@ class TrainWindowSampler(torch.utils.data.Sampler):
         for w, s in zip(windows, seeds):
             start = _fitted_start(w.start, self.intervals[w.recording_id], self.window_length)
             out.append(WindowIndex(w.recording_id, start, start + self.window_length,
-                                   mask_seed=int(s), max_queries=self.max_queries))
+                                   mask_seed=int(s), max_queries=self.max_queries,
+                                   unmasked_queries=self.unmasked_queries))
         return out
 
     def _reweighted(self, windows: list, rng: np.random.Generator) -> list:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy.special import gammaln, xlogy
 from temporaldata import Data
 from torch_brain.data import pad8, track_mask8
@@ -125,11 +126,15 @@ class WindowIndex(DatasetIndex):
         mode: force this masking mode; ``None`` draws one from the controller's probabilities.
         max_queries: decode at most this many masked cells (a uniform random subset, an
             unbiased estimate of the loss over all masked cells); ``None`` decodes all of them.
+        unmasked_queries: also decode this many cells the encoder saw (a uniform random
+            subset of the unmasked cells, fewer when the window has fewer), flagged by
+            ``query_visible``; 0 (the default) decodes only masked cells.
     """
 
     mask_seed: int = 0
     mode: str | None = None
     max_queries: int | None = None
+    unmasked_queries: int = 0
 
 
 class MaskedTokenizer:
@@ -322,12 +327,23 @@ class MaskedTokenizer:
         if index.max_queries is not None and len(q_bin) > index.max_queries:
             pick = np.sort(rng.choice(len(q_bin), size=index.max_queries, replace=False))
             q_bin, q_unit = q_bin[pick], q_unit[pick]
+        n_masked = len(q_bin)
+        if index.unmasked_queries > 0:  # drawn after the masked cells: those stay the same
+            v_bin, v_unit = np.nonzero(~mask)
+            n = min(index.unmasked_queries, len(v_bin))
+            pick = np.sort(rng.choice(len(v_bin), size=n, replace=False))
+            q_bin = np.concatenate([q_bin, v_bin[pick]])
+            q_unit = np.concatenate([q_unit, v_unit[pick]])
+        visible = np.arange(len(q_bin)) >= n_masked
         out = {
             "encoder_inputs": encoder_inputs,
             "query_unit_index": pad8(unit_index[q_unit]),
             "query_timestamps": pad8(self.bin_centers[q_bin]),
             "query_session_index": pad8(np.full(len(q_bin), session_index, dtype=np.int64)),
-            "query_mask": track_mask8(q_bin),
+            # query_mask: decoded masked cells (the loss and the metrics); query_visible: decoded
+            # cells the encoder saw (data.train_unmasked_queries); padding is in neither
+            "query_mask": pad8(torch.from_numpy(~visible)),
+            "query_visible": pad8(torch.from_numpy(visible)),
             "query_bin": pad8(q_bin.astype(np.int64)),
             "query_unit": pad8(q_unit.astype(np.int64)),
             "target": pad8(grid[q_bin, q_unit]),

@@ -144,6 +144,7 @@ def _masked_pretraining(
         total_steps=int(cfg.trainer.max_steps),
         baseline=_container(task.baseline) if task.baseline else None,
         model_config=model_config,
+        unmasked_weight=float(task.get("unmasked_weight", 1.0)),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -30,8 +31,9 @@ SOURCE_GROUPS = tuple(
 class MaskedPretraining(L.LightningModule):
     """Trains a :class:`MaskedModel` to reconstruct masked grid cells.
 
-    Spike counts use the Poisson NLL on log-rates, continuous values the MSE; both only on the
-    masked cells. Validation and test score the fixed evaluation masks per mode: co-smoothing
+    Spike counts use the Poisson NLL on log-rates, continuous values the MSE; both on the
+    masked cells, plus ``unmasked_weight`` times the same loss on the decoded cells the
+    encoder saw when the training batches carry some (``data.train_unmasked_queries``). Validation and test score the fixed evaluation masks per mode: co-smoothing
     bits/spike (spikes) or R² (values). At test time the smoothing baseline and, when the files
     store ground truth, the true-rate oracle are scored on the same cells. When the batches
     carry ``value_source`` (a values run with ``data.spike_values``), losses and R² are also
@@ -46,6 +48,7 @@ class MaskedPretraining(L.LightningModule):
             to skip it.
         model_config: the resolved ``model`` config, stored in every checkpoint so that
             :func:`neurobridge.training.load_masked_model` can rebuild the model without data.
+        unmasked_weight: weight of the loss on decoded unmasked cells (``query_visible``).
     """
 
     def __init__(
@@ -57,8 +60,12 @@ class MaskedPretraining(L.LightningModule):
         total_steps: int,
         baseline: dict | None = None,
         model_config: dict | None = None,
+        unmasked_weight: float = 1.0,
     ):
         super().__init__()
+        if not (unmasked_weight >= 0 and math.isfinite(unmasked_weight)):
+            raise ValueError(f"task.unmasked_weight must be a finite number >= 0, got {unmasked_weight}.")
+        self.unmasked_weight = unmasked_weight
         self.model = model
         self.optimizer_cfg = dict(optimizer)
         self.scheduler_cfg = dict(scheduler)
@@ -114,6 +121,11 @@ class MaskedPretraining(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         pred = self(batch)
         loss = self._mode_losses(pred, batch, "train")
+        visible = batch.get("query_visible")
+        if visible is not None and visible.any():
+            visible_loss = self.loss(pred, batch, visible)
+            self.log("train/loss/unmasked", visible_loss, batch_size=len(batch["mode"]))
+            loss = loss + self.unmasked_weight * visible_loss
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"Non-finite training loss at step {self.global_step}. Lower optimizer.lr or use "
