@@ -115,7 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--markdown", type=Path, default=None,
                    help="also write the report (a markdown section) to this file")
     p.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
-                   help="Hydra override of the default config for sections b, a2 and d (repeatable)")
+                   help="Hydra override of the default config for sections b, a2 and d "
+                        "(repeatable)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's default)")
     enc.add_attention_argument(p)
@@ -318,8 +319,8 @@ def forever(loader) -> Iterator[dict]:
 
 def pretrain_loss(module, batch: dict) -> torch.Tensor:
     """``MaskedPretraining.training_step``'s loss (masked cells, plus the weighted unmasked
-    ones with ``data.train_unmasked_queries``); its logging is switched off (no Trainer)."""
-    module.log = lambda *args, **kwargs: None
+    ones with ``data.train_unmasked_queries``); ``module`` comes from :func:`section_throughput`,
+    which switches its logging off (no Trainer)."""
     return module.training_step(batch, 0)
 
 
@@ -329,6 +330,7 @@ def section_throughput(device: str, sizes: Sizes, overrides: list[str]):
     cfg = compose_default([*sizes.overrides, *overrides])
     torch.manual_seed(0)
     module, dm = build_pretraining(cfg)
+    module.log = lambda *args, **kwargs: None  # no Trainer attached: training_step logs nothing
     batches = [_move(b, device) for b, _ in zip(forever(dm.train_dataloader()),
                                                 range(sizes.real_batches))]
     windows = _mean([len(b["mode"]) for b in batches])
@@ -352,7 +354,8 @@ def section_throughput(device: str, sizes: Sizes, overrides: list[str]):
            sizes.overrides or overrides else "")
         + f"): encoder dim {enc_cfg.dim}, depth {enc_cfg.depth}; batch {windows:.0f} windows "
         f"with on average {tokens / windows:.0f} input tokens (spikes and each visible unit's "
-        f"start and end tokens; {padded / windows:.0f} with padding) and {cells / windows:.0f} decoded cells per window; forward + masked "
+        f"start and end tokens; {padded / windows:.0f} with padding) and "
+        f"{cells / windows:.0f} decoded cells per window; forward + masked "
         f"Poisson NLL + backward + AdamW, {sizes.real_batches} batches cycled, {r['steps']} steps "
         "timed.",
         "",

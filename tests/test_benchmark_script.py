@@ -68,8 +68,8 @@ def test_quick_benchmark_prints_every_section(tmp_path, capsys):
                     "### b. Masked-pretraining train step", "### c. Scaling",
                     "### d. Data pipeline", "### e. Peak memory of the gpu_4090 preset"):
         assert heading in printed, heading
-    assert re.search(r"^- machine: .+ logical CPUs, \d+ torch threads\), torch \S+, device cpu, attention sdpa$",
-                     printed, re.M)
+    assert re.search(r"^- machine: .+ logical CPUs, \d+ torch threads\), torch \S+, "
+                     r"device cpu, attention sdpa$", printed, re.M)
 
     # a: both train steps timed, their ratio
     for row in ("POYO train step", "NeuroBridge train step"):

@@ -88,7 +88,8 @@ def test_decoded_unmasked_cells_add_their_weighted_loss(small_recordings):
         unmasked = module.loss(pred, batch, batch["query_visible"]).item()
         for weight in (0.0, 2.5):
             module.unmasked_weight = weight
-            assert module.training_step(batch, 0).item() == pytest.approx(masked + weight * unmasked)
+            total = module.training_step(batch, 0).item()
+            assert total == pytest.approx(masked + weight * unmasked)
     assert unmasked != pytest.approx(masked)
     with pytest.raises(ValueError, match="task.unmasked_weight must be a finite number >= 0"):
         build_pretraining(_cfg(base + ["task.unmasked_weight=-1"]))

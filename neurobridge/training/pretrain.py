@@ -33,7 +33,8 @@ class MaskedPretraining(L.LightningModule):
 
     Spike counts use the Poisson NLL on log-rates, continuous values the MSE; both on the
     masked cells, plus ``unmasked_weight`` times the same loss on the decoded cells the
-    encoder saw when the training batches carry some (``data.train_unmasked_queries``). Validation and test score the fixed evaluation masks per mode: co-smoothing
+    encoder saw when the training batches carry some (``data.train_unmasked_queries``).
+    Validation and test score the fixed evaluation masks per mode: co-smoothing
     bits/spike (spikes) or R² (values). At test time the smoothing baseline and, when the files
     store ground truth, the true-rate oracle are scored on the same cells. When the batches
     carry ``value_source`` (a values run with ``data.spike_values``), losses and R² are also
@@ -64,7 +65,9 @@ class MaskedPretraining(L.LightningModule):
     ):
         super().__init__()
         if not (unmasked_weight >= 0 and math.isfinite(unmasked_weight)):
-            raise ValueError(f"task.unmasked_weight must be a finite number >= 0, got {unmasked_weight}.")
+            raise ValueError(
+                f"task.unmasked_weight must be a finite number >= 0, got {unmasked_weight}."
+            )
         self.unmasked_weight = unmasked_weight
         self.model = model
         self.optimizer_cfg = dict(optimizer)
