@@ -102,12 +102,13 @@ def test_encode_without_vocab_explains_the_fix():
         enc.encode(**_spike_inputs())
 
 
+@pytest.mark.parametrize("factorized", [False, True])
 @pytest.mark.parametrize("encoder_cls", [NeuroBridgePOYO, NeuroBridgeCaPOYO])
-def test_masked_model_shapes_and_masked_queries_are_independent(encoder_cls):
+def test_masked_model_shapes_and_masked_queries_are_independent(encoder_cls, factorized):
     torch.manual_seed(0)
     enc = _vocab(encoder_cls(**KW)).eval()
     dec = TargetSequenceDecoder(dim=enc.dim, unit_emb_dim=enc.unit_emb_dim, depth=2, heads=2,
-                                dim_head=16).eval()
+                                dim_head=16, factorized=factorized).eval()
     model = MaskedModel(encoder=enc, decoder=dec)
     inputs = _spike_inputs()
     if encoder_cls is NeuroBridgeCaPOYO:
@@ -124,6 +125,61 @@ def test_masked_model_shapes_and_masked_queries_are_independent(encoder_cls):
                 query_session_index=q_s[:, :4])
     assert torch.allclose(sub, out[:, :4], atol=1e-5)
     assert enc.unit_emb_dim == (KW["dim"] if encoder_cls is NeuroBridgePOYO else KW["dim"] // 2)
+
+
+def test_masked_model_gives_each_window_its_session_and_ignores_padding():
+    torch.manual_seed(0)
+    enc = _vocab(NeuroBridgePOYO(**KW)).eval()
+    dec = TargetSequenceDecoder(dim=enc.dim, unit_emb_dim=enc.unit_emb_dim, dim_head=16).eval()
+    model = MaskedModel(encoder=enc, decoder=dec)
+    inputs = _spike_inputs()
+    q_unit, q_t = torch.randint(1, 7, (3, 6)), torch.rand(3, 6)
+    q_s = torch.tensor([[1] * 6, [2] * 6, [2] * 4 + [0] * 2])  # last window: 2 padded cells
+    out = model(encoder_inputs=inputs, query_unit_index=q_unit, query_timestamps=q_t,
+                query_session_index=q_s)
+    # the decoder called with each cell's own session embedding agrees on the real cells
+    ref = dec(latents=enc.encode(**inputs), latent_timestamps=inputs["latent_timestamps"],
+              query_unit_emb=enc.unit_emb(q_unit), query_session_emb=enc.session_emb(q_s),
+              query_timestamps=q_t)
+    real = q_s > 0
+    assert torch.allclose(out[real], ref[real], atol=1e-6)
+    assert not torch.allclose(out[~real], ref[~real])  # padded cells took the window's session
+
+
+def test_factorized_decoder_reads_every_cell_out_of_one_state_per_bin():
+    torch.manual_seed(0)
+    dim, n_units, n_bins = 8, 24, 20
+    unit_emb = torch.randn(n_units, dim)
+    times = (torch.arange(n_bins) + 0.5) * 0.05
+    cells_t = times.repeat_interleave(n_units)[None]  # every (bin, unit) cell of one window
+    cells_u = unit_emb.repeat(n_bins, 1)[None]
+    kw = dict(latents=torch.randn(1, 16, dim), latent_timestamps=torch.rand(1, 16),
+              query_session_emb=torch.randn(1, 1, dim))
+
+    def grid(decoder):  # [bins, units]
+        return decoder(query_unit_emb=cells_u, query_timestamps=cells_t, **kw).reshape(
+            n_bins, n_units)
+
+    factorized = TargetSequenceDecoder(dim=dim, unit_emb_dim=dim, depth=2, dim_head=8,
+                                       factorized=True).eval()
+    per_cell = TargetSequenceDecoder(dim=dim, unit_emb_dim=dim, depth=2, dim_head=8).eval()
+    # with the per-unit readout at its zero init, units differ only in what the state reads:
+    # a factorized decoder gives every unit of a bin the same value, a per-cell one does not
+    g = grid(factorized)
+    assert torch.allclose(g, g[:, :1].expand_as(g), atol=1e-6)
+    assert g[:, 0].std() > 1e-3  # ... while the bins differ
+    g = grid(per_cell)
+    assert not torch.allclose(g, g[:, :1].expand_as(g), atol=1e-3)
+    # with trained readouts: log-rate = c(t) + <h(t), w(u)> + b(u), linear in the readout row
+    torch.nn.init.normal_(factorized.unit_readout[1].weight)
+    b = factorized.unit_readout(unit_emb)[:, dim:]  # [units, 1]
+    g = grid(factorized)
+    assert torch.linalg.matrix_rank((g - b.T).double(), rtol=1e-5) <= dim + 1
+    with pytest.raises(ValueError, match="unit_readout=True"):
+        TargetSequenceDecoder(dim=dim, unit_emb_dim=dim, factorized=True, unit_readout=False)
+    with pytest.raises(ValueError, match=r"one session embedding per window"):
+        factorized(query_unit_emb=cells_u, query_timestamps=cells_t,
+                   **dict(kw, query_session_emb=torch.randn(1, cells_t.shape[1], dim)))
 
 
 def test_decoder_ffn_mult_sets_the_feed_forward_width():

@@ -63,7 +63,8 @@ class MaskedModel(nn.Module):
             encoder_inputs: the keyword arguments of the encoder's ``encode()``.
             query_unit_index: ``[batch, n_query]`` global unit index per cell.
             query_timestamps: ``[batch, n_query]`` bin-centre time per cell.
-            query_session_index: ``[batch, n_query]`` session index per cell.
+            query_session_index: ``[batch, n_query]`` session index per cell (one session per
+                window; 0 on padded cells).
             mode_index: ``[batch]`` masking mode of each sample (index into
                 :data:`~neurobridge.masking.MASKING_MODES`); needed with ``mode_prompt``.
 
@@ -71,7 +72,9 @@ class MaskedModel(nn.Module):
             ``[batch, n_query]`` float32 log-rates (spikes) or values (continuous).
         """
         prompt = None
-        query_context = self.encoder.session_emb(query_session_index)
+        # one session per window; padded queries carry index 0 (the vocabulary's padding token)
+        window_session = query_session_index.amax(dim=1, keepdim=True)  # [batch, 1]
+        query_context = self.encoder.session_emb(window_session)  # [batch, 1, dim]
         if self.mode_emb is not None:
             if mode_index is None:
                 raise ValueError("This MaskedModel uses mode prompts: pass mode_index.")

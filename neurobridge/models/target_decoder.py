@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn as nn
 from torch import Tensor
 from torch_brain.nn import FeedForward, RotaryCrossAttention, RotaryTimeEmbedding
@@ -21,6 +22,14 @@ class TargetSequenceDecoder(nn.Module):
     The same parameters serve every masking mode; only the set of decoded cells (and the loss
     mask) changes.
 
+    With ``factorized=True`` the queries are time bins instead of cells, as in latent-factor
+    models (GPFA, LFADS): one state ``h_t`` is decoded per distinct bin time of the batch (a
+    learned bin query plus the session embedding, at the bin's time), shared by all units,
+    and each cell is read out of its bin's state by the per-unit readout,
+    ``out = <norm(h_t), w(unit)> + b(unit) + head(norm(h_t))``. A decoded cell then costs a dot
+    product, and the attention and feed-forward cost is per bin (at most ``n_bins`` per
+    window) instead of per cell.
+
     Args:
         dim: latent width of the encoder.
         unit_emb_dim: width of the encoder's unit embedding (``dim`` for POYO, ``dim // 2`` for
@@ -39,6 +48,8 @@ class TargetSequenceDecoder(nn.Module):
         unit_readout: if True, the output is read out per unit, as a GLM does:
             ``out = <norm(h), w(unit)> + b(unit) + bias`` with ``w, b`` linear in the unit
             embedding; if False, one linear head shared by all units reads ``norm(h)``.
+        factorized: decode one state per time bin and read the cells out of it (see above);
+            needs ``unit_readout``.
     """
 
     def __init__(
@@ -56,8 +67,14 @@ class TargetSequenceDecoder(nn.Module):
         t_max: float = 2.0627,
         init_bias: float = 0.0,
         unit_readout: bool = True,
+        factorized: bool = False,
     ):
         super().__init__()
+        if factorized and not unit_readout:
+            raise ValueError(
+                "TargetSequenceDecoder(factorized=True) reads every unit out of a shared state per "
+                "time bin and needs unit_readout=True (model.decoder.unit_readout)."
+            )
         if depth < 1:
             raise ValueError(f"TargetSequenceDecoder depth must be >= 1, got {depth}.")
         if ffn_mult < 1:
@@ -90,6 +107,8 @@ class TargetSequenceDecoder(nn.Module):
         if self.unit_readout is not None:  # start as the shared head; per-unit terms are learned
             nn.init.zeros_(self.unit_readout[1].weight)
             nn.init.zeros_(self.unit_readout[1].bias)
+        self.factorized = factorized
+        self.bin_query = nn.Parameter(torch.randn(dim) * dim**-0.5) if factorized else None
 
     def forward(
         self,
@@ -106,21 +125,50 @@ class TargetSequenceDecoder(nn.Module):
             latents: ``[batch, n_latent, dim]`` encoder output.
             latent_timestamps: ``[batch, n_latent]`` latent times in seconds.
             query_unit_emb: ``[batch, n_query, unit_emb_dim]`` embedding of each cell's unit.
-            query_session_emb: ``[batch, n_query, dim]`` embedding of each cell's session.
+            query_session_emb: ``[batch, n_query or 1, dim]`` embedding of each cell's session
+                (the factorized decoder needs it per window: ``[batch, 1, dim]``).
             query_timestamps: ``[batch, n_query]`` centre time of each cell's bin.
 
         Returns:
             ``[batch, n_query]`` prediction per cell (float32).
         """
-        queries = self.unit_proj(query_unit_emb) + query_session_emb
-        query_pos = self.rotary_emb(query_timestamps)
-        latent_pos = self.rotary_emb(latent_timestamps)
-        for cross_attn, ffn in self.blocks:
-            queries = queries + cross_attn(queries, latents, query_pos, latent_pos)
-            queries = queries + ffn(queries)
-        h = self.norm(queries)
+        if self.factorized:
+            h = self._bin_states(latents, latent_timestamps, query_session_emb, query_timestamps)
+        else:
+            queries = self.unit_proj(query_unit_emb) + query_session_emb
+            h = self._attend(queries, query_timestamps, latents, latent_timestamps)
         out = self.head(h).squeeze(-1)
         if self.unit_readout is not None:
             w, b = self.unit_readout(query_unit_emb).split([h.shape[-1], 1], dim=-1)
             out = out + (h * w).sum(-1) + b.squeeze(-1)
         return out.float()
+
+    def _attend(
+        self, queries: Tensor, query_timestamps: Tensor, latents: Tensor, latent_timestamps: Tensor
+    ) -> Tensor:
+        """Run the cross-attention blocks: ``[batch, n, dim]`` queries -> normalised states."""
+        query_pos = self.rotary_emb(query_timestamps)
+        latent_pos = self.rotary_emb(latent_timestamps)
+        for cross_attn, ffn in self.blocks:
+            queries = queries + cross_attn(queries, latents, query_pos, latent_pos)
+            queries = queries + ffn(queries)
+        return self.norm(queries)
+
+    def _bin_states(
+        self, latents: Tensor, latent_timestamps: Tensor, session_emb: Tensor,
+        query_timestamps: Tensor,
+    ) -> Tensor:
+        """Factorized decoding: one state per distinct bin time, gathered per cell.
+
+        Returns ``[batch, n_query, dim]``: the state of each cell's bin.
+        """
+        if session_emb.shape[1] != 1:
+            raise ValueError(
+                "The factorized decoder takes one session embedding per window, "
+                f"[batch, 1, dim]; got {tuple(session_emb.shape)}."
+            )
+        times, cell_bin = torch.unique(query_timestamps, return_inverse=True)  # [T], [b, n_query]
+        b, dim = latents.shape[0], latents.shape[-1]
+        queries = self.bin_query.to(latents.dtype) + session_emb.expand(b, len(times), dim)
+        states = self._attend(queries, times.expand(b, -1), latents, latent_timestamps)
+        return states.gather(1, cell_bin[..., None].expand(-1, -1, dim))
