@@ -7,7 +7,7 @@ Both models get the same synthetic spike tokens and the sizes of a model preset
 - POYO train step: upstream ``torch_brain.models.POYO`` with its 2-d readout
   (``cursor_velocity_2d``), ``--queries`` output queries per sample, MSE loss, backward, AdamW.
 - NeuroBridge train step: :class:`~neurobridge.models.MaskedModel` (NeuroBridgePOYO encoder +
-  TargetSequenceDecoder), ``--queries`` (unit, time) queries per sample, masked Poisson NLL,
+  TargetSequenceDecoder), ``--queries`` (unit, time-bin) cells per sample, masked Poisson NLL,
   backward, AdamW.
 - POYO forward and NeuroBridge encode: upstream ``forward()`` against ``encode()`` alone, in
   eval mode without gradients.
@@ -55,6 +55,7 @@ PRESETS = {"small": "poyo_small", "4090": "poyo_4090"}
 READOUT = MODALITY_REGISTRY["cursor_velocity_2d"]
 POYO_ARGS = set(inspect.signature(POYO).parameters) - {"readout_spec"}
 SEED = 0
+BIN_SIZE = 0.02  # seconds, the grid of the default data config (data.bin_size)
 MIB = 2**20
 CONFIGURATIONS = ("POYO train step", "NeuroBridge train step", "POYO forward", "NeuroBridge encode")
 
@@ -121,7 +122,10 @@ def make_batch(args: argparse.Namespace, encoder: dict) -> dict:
         0.0, length, step=encoder["latent_step"],
         num_latents_per_step=encoder["num_latents_per_step"],
     )
-    query_timestamps = _sorted_times(gen, (b, q), length)
+    # (unit, time-bin) cells: times on the bin grid, as the tokenizer's queries
+    n_bins = round(length / BIN_SIZE)
+    query_bins = torch.randint(n_bins, (b, q), generator=gen).sort(dim=1).values
+    query_timestamps = (query_bins + 0.5) * BIN_SIZE
     session_index = torch.ones(b, q, dtype=torch.long)  # index 0 is the vocabulary's "NA"
     return {
         "spikes": {

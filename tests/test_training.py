@@ -40,6 +40,19 @@ def test_pretraining_learns_and_writes_the_contract_outputs(small_recordings, tm
     assert untrained["test/co_bps"] < 0 < metrics["test/co_bps"] < metrics["test/oracle/co_bps"]
 
 
+def test_factorized_decoder_learns_from_every_masked_cell(small_recordings, tmp_path):
+    """One decoded state per bin, read out per unit, trained on all masked cells of a window."""
+    from neurobridge.training import load_masked_model
+
+    cfg = _cfg(["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null",
+                "model.decoder.factorized=true", "data.train_max_queries=null",
+                "trainer.max_steps=600", "trainer.val_check_interval=300"])
+    metrics = run(cfg, tmp_path / "run")
+    assert 0 < metrics["test/co_bps"] < metrics["test/oracle/co_bps"]
+    model = load_masked_model(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert model.decoder.factorized and model.decoder.bin_query is not None
+
+
 def test_continuous_values_path_trains_with_mse(tmp_path):
     cfg = _cfg(["data=synthetic_mua", "model=capoyo_small", *FAST, "trainer.max_steps=40",
                 "trainer.val_check_interval=20", "data.synthetic.n_sessions=1",
