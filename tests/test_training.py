@@ -77,6 +77,8 @@ def test_continuous_values_path_trains_with_mse(tmp_path):
          "must be even for CaPOYO"),
         (["task=align", "task.readout.dim_head=6"], r"task.readout.dim_head must be a multiple"),
         (["attention_backend=flash"], r"attention_backend must be one of \['sdpa', 'auto'\]"),
+        (["task.ema_decay=1.5"], r"task.ema_decay must be a number in \(0, 1\)"),
+        (["trainer=fsdp", "task.ema_decay=0.999"], "does not work with FSDP"),
     ],
 )
 def test_config_errors_are_rejected_before_any_data_is_read(tmp_path, overrides, message):
@@ -203,12 +205,16 @@ def test_same_seed_gives_identical_metrics_and_records_the_run(small_recordings,
     assert "git_revision" in info and info["python"]
 
 
-def test_run_killed_between_epochs_resumes_to_the_same_metrics(small_recordings, tmp_path):
+@pytest.mark.parametrize("ema", [[], ["task.ema_decay=0.9"]], ids=["plain", "ema"])
+def test_run_killed_between_epochs_resumes_to_the_same_metrics(small_recordings, tmp_path, ema):
     """A run stopped at an epoch boundary and resumed from its checkpoint ends with exactly the
-    metrics of the uninterrupted run (tolerance 1e-6: the same computations in the same order)."""
+    metrics of the uninterrupted run (tolerance 1e-6: the same computations in the same order),
+    with or without a moving average of the weights."""
+    import torch
+
     from neurobridge.data import NeuralDataModule
 
-    base = ["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null"]
+    base = ["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null", *ema]
     dm = NeuralDataModule(root=str(small_recordings), batch_size=16)
     dm.setup()
     epoch = len(dm.train_dataloader())  # steps per epoch
@@ -221,6 +227,13 @@ def test_run_killed_between_epochs_resumes_to_the_same_metrics(small_recordings,
     assert resumed["train/global_step"] == full["train/global_step"] == 2 * epoch
     for key, value in full.items():
         assert resumed[key] == pytest.approx(value, abs=1e-6, rel=0), key
+    ckpt = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    if ema:  # the checkpoint's weights are the average; the current ones are kept for resuming
+        assert int(ckpt["averaging_state"]["n_averaged"]) == 2 * epoch
+        key = "model.decoder.head.weight"
+        assert not torch.equal(ckpt["state_dict"][key], ckpt["current_model_state"][key])
+    else:
+        assert "current_model_state" not in ckpt
 
 
 def test_bf16_mixed_precision_trains_without_nan(small_recordings, tmp_path):

@@ -11,7 +11,12 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import (
+    EMAWeightAveraging,
+    LearningRateMonitor,
+    ModelCheckpoint,
+    RichProgressBar,
+)
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
@@ -80,6 +85,17 @@ def _validate(cfg: DictConfig) -> None:
             f"model.encoder.sequence_length ({seq}) must be a multiple of data.bin_size "
             f"({cfg.data.bin_size})."
         )
+    ema_decay = cfg.task.get("ema_decay")
+    if ema_decay is not None:
+        if not (isinstance(ema_decay, (int, float)) and 0 < ema_decay < 1):
+            raise ValueError(
+                f"task.ema_decay must be a number in (0, 1), e.g. 0.999, or null, got {ema_decay!r}."
+            )
+        if "fsdp" in str(cfg.trainer.get("strategy", "")).lower():
+            raise ValueError(
+                "task.ema_decay does not work with FSDP (the weight average is not sharded): "
+                "use trainer=ddp or set task.ema_decay=null."
+            )
     MaskingController(**OmegaConf.to_container(cfg.masking, resolve=True))  # checks ratios
     set_attention_backend(cfg.get("attention_backend", "sdpa"))
     check_train_seconds(cfg.data.get("train_seconds"))
@@ -201,6 +217,34 @@ def _module_for_test(cfg: DictConfig, module: L.LightningModule, trainer: L.Trai
     return fresh
 
 
+class _EMAWeights(EMAWeightAveraging):
+    """Lightning's EMA callback, resuming with torch_brain's vocabularies intact.
+
+    Loading an ``InfiniteVocabEmbedding`` pops the words out of the incoming vocabulary dict in
+    place. Lightning restores the module from ``checkpoint["state_dict"]`` (the average) before
+    this callback loads the averaged model from the same, by then empty, dicts; they are
+    restored here from the current-model state, which holds the same vocabularies.
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        current = checkpoint.get("current_model_state")
+        if current is not None:
+            for key, value in current.items():
+                if key.endswith(".vocab") and value is not None:
+                    checkpoint["state_dict"][key] = value.copy()
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+def _weight_averaging(cfg: DictConfig) -> list[EMAWeightAveraging]:
+    """``task.ema_decay``: an exponential moving average of the weights, updated every step.
+
+    Validation, the test and ``last.ckpt``'s ``state_dict`` use the averaged weights; the
+    checkpoint also keeps the current ones (``current_model_state``), so a run resumes exactly.
+    """
+    decay = cfg.task.get("ema_decay")
+    return [] if decay is None else [_EMAWeights(decay=float(decay))]
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Train, test and write ``run_dir/metrics.json`` and ``run_dir/checkpoints/last.ckpt``."""
     _validate(cfg)
@@ -226,7 +270,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         default_root_dir=run_dir,
         logger=_loggers(cfg, run_dir),
         callbacks=[ckpt, LearningRateMonitor(logging_interval="step")]
-        + ([RichProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else []),
+        + ([RichProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [])
+        + _weight_averaging(cfg),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
