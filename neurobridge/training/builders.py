@@ -36,7 +36,7 @@ from neurobridge.generation import (
     load_ip_adapter_weights,
 )
 from neurobridge.masking import MaskingController
-from neurobridge.models import MaskedModel, NeuroBridgeCaPOYO
+from neurobridge.models import MaskedModel, MaskedModelEnsemble, NeuroBridgeCaPOYO
 from neurobridge.training.adapt import extend_vocab, freeze_for_adaptation
 from neurobridge.training.adapter import AdapterTraining
 from neurobridge.training.align import AlignmentTraining
@@ -54,6 +54,7 @@ __all__ = [
     "build_adapter",
     "build_alignment",
     "build_datamodule",
+    "build_evaluation",
     "build_pretraining",
     "build_session_adaptation",
     "check_adaptation_source",
@@ -159,20 +160,8 @@ def build_session_adaptation(cfg: DictConfig) -> tuple[MaskedPretraining, Neural
     init_from = cfg.get("init_from")
     check_adaptation_source(init_from)
     model, model_config = load_masked_model(init_from, with_config=True)
-    enc = model.encoder
     dm = build_datamodule(cfg, stimulus=False)
-    modality = "values" if isinstance(enc, NeuroBridgeCaPOYO) else "spikes"
-    if modality != dm.modality:
-        raise ValueError(
-            f"init_from={init_from} holds a {type(enc).__name__} encoder (data.modality="
-            f"{modality}), but data.modality is {dm.modality!r}."
-        )
-    if abs(enc.sequence_length - dm.sequence_length) > 1e-9:
-        raise ValueError(
-            f"init_from={init_from} was trained on {enc.sequence_length:g} s windows but "
-            f"data.sequence_length is {dm.sequence_length:g}: set "
-            f"model.encoder.sequence_length={enc.sequence_length:g}."
-        )
+    _check_reads_data(model, dm, f"init_from={init_from}")
     task = cfg.task
     added = extend_vocab(model, dm.unit_ids, dm.session_ids, init=str(task.init))
     if not added.units and not added.sessions:
@@ -194,6 +183,52 @@ def build_session_adaptation(cfg: DictConfig) -> tuple[MaskedPretraining, Neural
         init_from, len(added.units), len(added.sessions), trainable,
     )
     return _masked_pretraining(cfg, model, dm, model_config), dm
+
+
+def _check_reads_data(model: MaskedModel, dm: NeuralDataModule, source: str) -> None:
+    """``model`` (loaded from ``source``) reads ``dm``'s modality and window length."""
+    enc = model.encoder
+    if model.modality != dm.modality:
+        raise ValueError(
+            f"{source} holds a {type(enc).__name__} encoder (data.modality="
+            f"{model.modality}), but data.modality is {dm.modality!r}."
+        )
+    if abs(enc.sequence_length - dm.sequence_length) > 1e-9:
+        raise ValueError(
+            f"{source} was trained on {enc.sequence_length:g} s windows but "
+            f"data.sequence_length is {dm.sequence_length:g}: set "
+            f"model.encoder.sequence_length={enc.sequence_length:g}."
+        )
+
+
+def build_evaluation(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
+    """Data module and test-only module for ``task=evaluate``.
+
+    ``task.checkpoints`` names one or more masked-model checkpoints (pretraining or
+    ``adapt_session``; the masked model of an alignment or adapter checkpoint works too)
+    trained on the data's recordings; several are scored as a :class:`MaskedModelEnsemble`.
+    """
+    paths = cfg.task.get("checkpoints")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise ValueError(
+            "task=evaluate needs task.checkpoints=[<last.ckpt of a pretraining run>, ...] "
+            "(one checkpoint, or several to score their ensemble)."
+        )
+    dm = build_datamodule(cfg, stimulus=False)
+    members = []
+    for path in paths:
+        model = load_masked_model(path)
+        _check_reads_data(model, dm, str(path))
+        _check_vocab(model, dm, str(path))
+        members.append(model)
+    ensemble = MaskedModelEnsemble(members, names=[str(p) for p in paths]).eval()
+    dm.tokenizer = build_tokenizer(cfg, ensemble.encoder, dm)
+    baseline = cfg.task.get("baseline")
+    return MaskedPretraining(
+        model=ensemble, baseline=_container(baseline) if baseline else None
+    ), dm
 
 
 def check_adaptation_source(init_from) -> None:

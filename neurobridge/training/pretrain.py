@@ -14,7 +14,7 @@ from neurobridge.data.tokenizer import VALUE_SOURCES
 from neurobridge.losses import masked_mse, masked_poisson_nll
 from neurobridge.masking import MASKING_MODES
 from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate
-from neurobridge.models import MaskedModel
+from neurobridge.models import MaskedModel, MaskedModelEnsemble
 from neurobridge.training.checkpoint import CHECKPOINT_KEY, checkpoint_payload
 from neurobridge.training.optim import configure_optimization
 
@@ -41,8 +41,9 @@ class MaskedPretraining(L.LightningModule):
     reported per kind of recording (:data:`SOURCE_GROUPS`, pooled over modes).
 
     Args:
-        model: the encoder + decoder.
-        optimizer: ``{"name": "adamw" | "sparse_lamb", "lr": float, "weight_decay": float}``.
+        model: the encoder + decoder (or, to evaluate only, an ensemble of them).
+        optimizer: ``{"name": "adamw" | "sparse_lamb", "lr": float, "weight_decay": float}``;
+            ``None`` for a module that only evaluates.
         scheduler: ``{"name": "cosine" | "onecycle" | "none", "warmup_frac": float}``.
         total_steps: optimiser steps of the run (for the schedule).
         baseline: ``{"sigma_bins": float, "l2": float}`` of the smoothing baseline, or ``None``
@@ -55,10 +56,10 @@ class MaskedPretraining(L.LightningModule):
     def __init__(
         self,
         *,
-        model: MaskedModel,
-        optimizer: dict,
-        scheduler: dict,
-        total_steps: int,
+        model: MaskedModel | MaskedModelEnsemble,
+        optimizer: dict | None = None,
+        scheduler: dict | None = None,
+        total_steps: int | None = None,
         baseline: dict | None = None,
         model_config: dict | None = None,
         unmasked_weight: float = 1.0,
@@ -70,8 +71,8 @@ class MaskedPretraining(L.LightningModule):
             )
         self.unmasked_weight = unmasked_weight
         self.model = model
-        self.optimizer_cfg = dict(optimizer)
-        self.scheduler_cfg = dict(scheduler)
+        self.optimizer_cfg = dict(optimizer) if optimizer is not None else None
+        self.scheduler_cfg = dict(scheduler) if scheduler is not None else None
         self.total_steps = total_steps
         self.baseline_cfg = dict(baseline) if baseline is not None else None
         self.model_config = model_config
@@ -229,6 +230,9 @@ class MaskedPretraining(L.LightningModule):
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
+        if self.optimizer_cfg is None or self.scheduler_cfg is None or self.total_steps is None:
+            raise ValueError("This MaskedPretraining evaluates only: it was built without an "
+                             "optimizer, scheduler and total_steps.")
         return configure_optimization(
             self.model, self.optimizer_cfg, self.scheduler_cfg, self.total_steps
         )

@@ -35,6 +35,7 @@ from neurobridge.training.builders import (
     check_adaptation_source,
 )
 from neurobridge.training.checkpoint import AtomicCheckpointIO, read_checkpoint_meta
+from neurobridge.training.evaluate import run_evaluation
 from neurobridge.training.reconstruct import run_reconstruction
 
 __all__ = ["run", "run_info", "TASKS"]
@@ -49,7 +50,7 @@ _BUILDERS = {
     "finetune": build_alignment,
     "adapter": build_adapter,
 }
-TASKS = (*_BUILDERS, "reconstruct")
+TASKS = (*_BUILDERS, "reconstruct", "evaluate")
 
 
 def _validate(cfg: DictConfig) -> None:
@@ -104,7 +105,8 @@ def _validate(cfg: DictConfig) -> None:
             raise ValueError(f"task.init must be one of {list(INIT_MODES)}, got {cfg.task.init!r}.")
         check_adaptation_source(cfg.get("init_from"))
     wants_values = "CaPOYO" in str(enc._target_)
-    if wants_values != (cfg.data.modality == "values"):
+    # task=evaluate reads its models from checkpoints (checked against the data when loaded)
+    if cfg.task.name != "evaluate" and wants_values != (cfg.data.modality == "values"):
         raise ValueError(
             f"model.encoder ({enc._target_}) and data.modality ({cfg.data.modality!r}) disagree: "
             "POYO reads spikes (data.modality=spikes), CaPOYO reads continuous values "
@@ -256,6 +258,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     L.seed_everything(int(cfg.seed), workers=True)
     if cfg.task.name == "reconstruct":
         return run_reconstruction(cfg, run_dir)
+    if cfg.task.name == "evaluate":
+        return run_evaluation(cfg, run_dir)
     module, dm = _BUILDERS[cfg.task.name](cfg)
 
     # last.ckpt only, rewritten atomically every val_check_interval steps and at the end
