@@ -69,8 +69,10 @@ def test_evaluate_scores_checkpoints_alone_and_as_an_ensemble(small_recordings, 
     runs = {}
     for seed in (0, 1):
         runs[seed] = run(_cfg(base + [f"seed={seed}", "trainer.max_steps=40", "task.baseline=null",
-                                      "trainer.val_check_interval=40"]), tmp_path / f"s{seed}")
+                                      "trainer.val_check_interval=30"]), tmp_path / f"s{seed}")
     ckpts = [str(tmp_path / f"s{seed}" / "checkpoints" / "last.ckpt") for seed in (0, 1)]
+    # last.ckpt holds the final step, not the last multiple of val_check_interval
+    assert torch.load(ckpts[0], weights_only=True)["global_step"] == 40
     metrics = run(_cfg(_evaluate(small_recordings, ckpts)), tmp_path / "eval")
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text()) == pytest.approx(metrics)
     assert metrics["n_members"] == 2

@@ -152,7 +152,9 @@ class NeuralDataModule(L.LightningDataModule):
         eval_modes: masking modes each evaluation window is scored under.
         max_val_windows: cap on validation windows (test always uses all windows).
         train_max_queries: decode at most this many masked cells per training window
-            (``None``: all). Evaluation always decodes every masked cell.
+            (``None``: all; a random subset when a window has more). Evaluation always decodes
+            every masked cell. The factorized decoder (the default) reads a cell with a dot
+            product; the per-cell decoder runs its blocks per cell and wants a few hundred.
         train_unmasked_queries: also decode this many unmasked cells (cells the encoder sees)
             per training window, a random subset, for a reconstruction loss next to the masked
             one (``task.unmasked_weight``); 0 decodes masked cells only. Masked pretraining
@@ -187,7 +189,7 @@ class NeuralDataModule(L.LightningDataModule):
         eval_seed: int = 1234,
         eval_modes: Sequence[str] = MASKING_MODES,
         max_val_windows: int | None = 64,
-        train_max_queries: int | None = 384,
+        train_max_queries: int | None = 4096,
         train_unmasked_queries: int = 0,
         recording_weighting: str = "proportional",
         train_seconds: float | None = None,

@@ -219,6 +219,35 @@ def _module_for_test(cfg: DictConfig, module: L.LightningModule, trainer: L.Trai
     return fresh
 
 
+class _LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` every ``every_n_train_steps`` steps and at the final step.
+
+    Lightning's callback saves at training end only when it has saved nothing before, so a run
+    whose ``max_steps`` is not a multiple of the interval would keep the weights of the last
+    multiple in ``last.ckpt``. Saving at the final batch (after the EMA update of that step, and
+    before the EMA callback copies the average into the module at training end) keeps the
+    checkpoint equal to what the test scores.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        final = 0 < trainer.max_steps <= trainer.global_step
+        if (final and self._last_global_step_saved != trainer.global_step
+                and not self._should_skip_saving_checkpoint(trainer)):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+
+def _check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to overwrite another run's ``last.ckpt`` (a resumed run may rewrite its own)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    resume = cfg.get("resume_from")
+    if last.exists() and not (resume and Path(resume).resolve() == last.resolve()):
+        raise FileExistsError(
+            f"{last} exists: {run_dir} holds an earlier run. Resume it with "
+            f"resume_from={last}, or write this run elsewhere (hydra.run.dir=...)."
+        )
+
+
 class _EMAWeights(EMAWeightAveraging):
     """Lightning's EMA callback, resuming with torch_brain's vocabularies intact.
 
@@ -253,6 +282,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if cfg.get("resume_from"):
         _check_resume(cfg)
     run_dir = Path(run_dir)
+    _check_run_dir(cfg, run_dir)
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir / "run_info.json", run_info())
     L.seed_everything(int(cfg.seed), workers=True)
@@ -263,11 +293,12 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     module, dm = _BUILDERS[cfg.task.name](cfg)
 
     # last.ckpt only, rewritten atomically every val_check_interval steps and at the end
-    ckpt = ModelCheckpoint(
+    ckpt = _LastCheckpoint(
         dirpath=run_dir / "checkpoints",
         save_last=True,
         save_top_k=0,
         every_n_train_steps=int(cfg.trainer.val_check_interval),
+        enable_version_counter=False,
     )
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
