@@ -325,7 +325,7 @@ def pretrain_loss(module, batch: dict) -> torch.Tensor:
 
 
 def section_throughput(device: str, sizes: Sizes, overrides: list[str]):
-    from neurobridge.training import build_pretraining
+    from neurobridge.tasks.pretrain import build_pretraining
 
     cfg = compose_default([*sizes.overrides, *overrides])
     torch.manual_seed(0)

@@ -40,12 +40,12 @@ from torch_brain.models import POYO
 from torch_brain.registry import MODALITY_REGISTRY
 from torch_brain.utils import create_linspace_latent_tokens
 
+from neurobridge import models
 from neurobridge.losses import masked_poisson_nll
 from neurobridge.models import (
     ATTENTION_BACKENDS,
     MaskedModel,
     NeuroBridgePOYO,
-    TargetSequenceDecoder,
     attention_backend,
     set_attention_backend,
 )
@@ -102,11 +102,13 @@ def _compose(name: str):
 
 
 def load_preset(model: str) -> dict:
-    """``{"encoder", "decoder", "mode_prompt"}`` of a preset, resolved, without ``_target_``."""
+    """``{"model", "encoder", "decoder", "mode_prompt"}`` of a preset, resolved: ``model`` is
+    the whole model config (for :func:`neurobridge.models.build_masked_model`), ``encoder``
+    its upstream POYO arguments only."""
     root = OmegaConf.create({"model": _compose(PRESETS[model])})
     cfg = OmegaConf.to_container(root, resolve=True)["model"]
+    cfg["model"] = {k: cfg[k] for k in ("encoder", "decoder", "mode_prompt")}
     cfg["encoder"] = {k: v for k, v in cfg["encoder"].items() if k in POYO_ARGS}
-    cfg["decoder"].pop("_target_", None)
     return cfg
 
 
@@ -157,8 +159,12 @@ def _to(batch: dict, device: str) -> dict:
     return {k: _to(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
 
 
+def _unit_ids(n_units: int) -> list[str]:
+    return [f"unit_{i}" for i in range(n_units)]
+
+
 def _with_vocab(model: POYO, n_units: int) -> POYO:
-    model.unit_emb.initialize_vocab([f"unit_{i}" for i in range(n_units)])
+    model.unit_emb.initialize_vocab(_unit_ids(n_units))
     model.session_emb.initialize_vocab(["session_0"])
     return model
 
@@ -176,12 +182,10 @@ def build_encoder(preset: dict, n_units: int) -> NeuroBridgePOYO:
 
 
 def build_masked_model(preset: dict, n_units: int) -> MaskedModel:
-    """NeuroBridgePOYO + TargetSequenceDecoder, as in masked pretraining."""
-    encoder = build_encoder(preset, n_units)
-    decoder = TargetSequenceDecoder(
-        dim=encoder.dim, unit_emb_dim=encoder.unit_emb_dim, **preset["decoder"]
-    )
-    return MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=preset["mode_prompt"])
+    """NeuroBridgePOYO + TargetSequenceDecoder, as in masked pretraining (the model factory)."""
+    torch.manual_seed(SEED)
+    return models.build_masked_model(preset["model"], unit_ids=_unit_ids(n_units),
+                                     session_ids=["session_0"])
 
 
 def poyo_loss(model: POYO, batch: dict) -> torch.Tensor:

@@ -7,7 +7,7 @@ Example::
     python scripts/convert_allen.py --nwb /data/allen_cache/session_715093703 --out data/allen \\
         --structures VISp VISl VISal LGd --max-isi-violations none
 
-Needs pynwb (``pip install "neurobridge[allen]"``). See ``neurobridge.data.allen`` for the
+Needs pynwb (``pip install "neurobridge[allen]"``). See ``neurobridge.datasets.allen`` for the
 layout read and written.
 """
 
@@ -17,7 +17,7 @@ import argparse
 import sys
 import time
 
-from neurobridge.data.allen import STIMULUS_TABLE, UnitFilters, convert_allen, summarize_allen
+from neurobridge.datasets.allen import STIMULUS_TABLE, UnitFilters, convert_allen, summarize_allen
 
 
 def _optional_float(text: str) -> float | None:

@@ -7,7 +7,7 @@ Example::
     python scripts/convert_tvsd.py --monkey-dir /data/TVSD/monkeyF --out data/tvsd \\
         --top-reliable 256 --per-day
 
-See ``neurobridge.data.tvsd`` for the layout read and written.
+See ``neurobridge.datasets.tvsd`` for the layout read and written.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 
-from neurobridge.data.tvsd import REGIONS, convert_tvsd, summarize_tvsd
+from neurobridge.datasets.tvsd import REGIONS, convert_tvsd, summarize_tvsd
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

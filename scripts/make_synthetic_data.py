@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Write the built-in synthetic recordings (see ``neurobridge.data.synthetic``) to a folder.
+"""Write the built-in synthetic recordings (see ``neurobridge.datasets.synthetic``) to a folder.
 
 Example::
 
@@ -14,7 +14,7 @@ import argparse
 import sys
 import time
 
-from neurobridge.data.synthetic import (
+from neurobridge.datasets.synthetic import (
     MODALITIES,
     SyntheticConfig,
     config_hash,

@@ -1,6 +1,6 @@
 import pytest
 
-from neurobridge.data.synthetic import SyntheticConfig, generate_synthetic_recordings
+from neurobridge.datasets.synthetic import SyntheticConfig, generate_synthetic_recordings
 
 # high firing rates and strong modulation: enough signal per cell for a short training run
 SMALL = SyntheticConfig(

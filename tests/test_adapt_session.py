@@ -8,12 +8,12 @@ from test_training import FAST, _cfg
 
 from neurobridge.data import NeuralDataModule
 from neurobridge.models import MaskedModel, NeuroBridgePOYO, TargetSequenceDecoder
-from neurobridge.training import load_masked_model
-from neurobridge.training.adapt import (
+from neurobridge.tasks.adapt_session import (
     PinnedRowsEmbedding,
     extend_vocab,
     freeze_for_adaptation,
 )
+from neurobridge.training import load_masked_model
 from neurobridge.training.optim import build_optimizer
 from neurobridge.training.run import run
 
@@ -184,7 +184,7 @@ def test_start_up_errors(small_recordings, pretrained, tmp_path):
 def test_adaptation_trains_only_the_new_rows_and_improves_on_the_new_session(
     small_recordings, pretrained, tmp_path
 ):
-    from neurobridge.training.builders import _check_vocab
+    from neurobridge.tasks.common import check_vocab as _check_vocab
 
     base = _base(small_recordings) + ["task=adapt_session", f"init_from={pretrained}",
                                       f"data.recording_ids=[{NEW}]", "data.train_seconds=40",

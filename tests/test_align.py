@@ -8,8 +8,9 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from neurobridge.data.synthetic import SyntheticConfig, generate_synthetic_recordings
-from neurobridge.training import build_alignment, load_alignment_model, load_masked_model
+from neurobridge.datasets.synthetic import SyntheticConfig, generate_synthetic_recordings
+from neurobridge.tasks.align import build_alignment
+from neurobridge.training import load_alignment_model, load_masked_model
 from neurobridge.training.run import run
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")
@@ -170,10 +171,9 @@ def test_alignment_on_continuous_values_through_capoyo(tmp_path):
 def test_clip_dimension_must_match_the_aligned_projector(visual_root, pretrained, tmp_path):
     """Continuing from an aligned checkpoint with a CLIP model of another width is rejected at
     start-up, naming both widths."""
-    import open_clip
+    from neurobridge.alignment.clip import TINY_MODEL_NAME, open_clip_module
 
-    from neurobridge.alignment.clip import TINY_MODEL_NAME
-
+    open_clip = open_clip_module()  # open_clip with NeuroBridge's tiny config registered
     cfg_dir = tmp_path / "clip_configs"
     cfg_dir.mkdir()
     tiny = open_clip.get_model_config(TINY_MODEL_NAME)

@@ -17,7 +17,8 @@ from temporaldata import Data
 pynwb = pytest.importorskip("pynwb")
 
 from neurobridge.data import RecordingDataset  # noqa: E402
-from neurobridge.data.allen import (  # noqa: E402
+from neurobridge.data.stimuli import read_presentations, stimulus_windows  # noqa: E402
+from neurobridge.datasets.allen import (  # noqa: E402
     UnitFilters,
     convert_allen,
     read_electrodes,
@@ -25,7 +26,6 @@ from neurobridge.data.allen import (  # noqa: E402
     select_units,
     summarize_allen,
 )
-from neurobridge.data.stimuli import read_presentations, stimulus_windows  # noqa: E402
 
 SESSIONS = (715093703, 719161530)
 N_UNITS = 30

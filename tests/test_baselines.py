@@ -6,7 +6,12 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter1d
 
-from neurobridge.baselines import SmoothingGLMBaseline, gaussian_kernel, gaussian_smooth_observed
+from neurobridge.baselines import (
+    SmoothingGLMBaseline,
+    fit_poisson_glm,
+    gaussian_kernel,
+    gaussian_smooth_observed,
+)
 from neurobridge.metrics import CoBPS
 
 WINDOW = 50  # bins (1 s at 20 ms)
@@ -112,7 +117,7 @@ def test_glm_solver_recovers_known_weights():
     w_true = np.array([[0.5, -0.3], [0.0, 0.4], [-0.2, 0.1]])
     b_true = np.array([-1.0, 0.2])
     y = rng.poisson(np.exp(x @ w_true + b_true)).astype(float)
-    fit = SmoothingGLMBaseline(l2=1e-6)._fit_glm(x, y)
+    fit = fit_poisson_glm(x, y, l2=1e-6)
     assert fit.grad_max < 1e-8
     np.testing.assert_allclose(fit.weight, w_true, atol=0.03)
     np.testing.assert_allclose(fit.bias, b_true, atol=0.03)

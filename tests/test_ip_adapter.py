@@ -297,9 +297,10 @@ def _cfg(overrides):
 def test_cli_adapter_ip_route_then_reconstruct(tmp_path):
     """task=align (random-init encoder) → task=adapter task.route=ip_adapter (from a published
     weight file) → task=reconstruct, on tiny synthetic visual data."""
-    from neurobridge.data.synthetic import SyntheticConfig, generate_synthetic_recordings
-    from neurobridge.training.adapter import AdapterTraining
-    from neurobridge.training.checkpoint import build_conditioning, load_adapter
+    from neurobridge.datasets.synthetic import SyntheticConfig, generate_synthetic_recordings
+    from neurobridge.generation import build_conditioning
+    from neurobridge.tasks.adapter import AdapterTraining
+    from neurobridge.training.checkpoint import load_adapter
     from neurobridge.training.run import run
 
     root = tmp_path / "data"

@@ -10,13 +10,12 @@ from hydra import compose, initialize_config_dir
 from scipy.stats import poisson
 
 from neurobridge.data import MaskedTokenizer, NeuralDataModule, WindowIndex, bin_regular, bin_spikes
-from neurobridge.data.datamodule import spike_value_stats
-from neurobridge.data.synthetic import (
+from neurobridge.data.spike_values import VALUE_SOURCES, expected_spike_values, spike_value_stats
+from neurobridge.datasets.synthetic import (
     SyntheticConfig,
     build_recording,
     generate_synthetic_recordings,
 )
-from neurobridge.data.tokenizer import VALUE_SOURCES, expected_spike_values
 from neurobridge.masking import MASKING_MODES, MaskingController
 
 CONFIGS = str(Path(__file__).resolve().parent.parent / "configs")

@@ -7,7 +7,7 @@ from temporaldata import Data, Interval
 from neurobridge.data import StimulusDataModule, StimulusWindowSampler
 from neurobridge.data.images import ImageFolderSource
 from neurobridge.data.stimuli import read_presentations, stimulus_windows
-from neurobridge.data.synthetic import (
+from neurobridge.datasets.synthetic import (
     STIMULUS_FIELD,
     SyntheticConfig,
     build_recording,
@@ -15,7 +15,7 @@ from neurobridge.data.synthetic import (
     synthetic_image_ids,
     synthetic_images,
 )
-from neurobridge.data.synthetic_visual import region_latency
+from neurobridge.datasets.synthetic_visual import region_latency
 
 VISUAL = SyntheticConfig(
     n_sessions=2, units_per_region=10, duration=120.0, seed=5, stimulus="images",

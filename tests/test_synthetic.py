@@ -11,9 +11,9 @@ import pytest
 from temporaldata import Interval
 from torch_brain.dataset import Dataset
 
-from neurobridge.data import synthetic
 from neurobridge.data.binning import bin_regular, bin_spikes
-from neurobridge.data.synthetic import (
+from neurobridge.datasets import synthetic
+from neurobridge.datasets.synthetic import (
     SyntheticConfig,
     build_recording,
     config_hash,

@@ -90,7 +90,7 @@ def test_config_errors_are_rejected_before_any_data_is_read(tmp_path, overrides,
 def test_decoded_unmasked_cells_add_their_weighted_loss(small_recordings):
     import torch
 
-    from neurobridge.training import build_pretraining
+    from neurobridge.tasks.pretrain import build_pretraining
 
     base = ["data=recordings", f"data.root={small_recordings}", *FAST]
     module, dm = build_pretraining(_cfg(base + ["data.train_unmasked_queries=16"]))
@@ -119,7 +119,8 @@ def test_checkpoint_rebuilds_the_model_without_data_and_resumes(small_recordings
     import torch
 
     from neurobridge.data import NeuralDataModule
-    from neurobridge.training import build_pretraining, load_masked_model
+    from neurobridge.tasks.pretrain import build_pretraining
+    from neurobridge.training import load_masked_model
 
     base = ["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null",
             "trainer.val_check_interval=4"]

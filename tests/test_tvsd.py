@@ -14,7 +14,7 @@ from temporaldata import Data
 
 from neurobridge.data import RecordingDataset
 from neurobridge.data.stimuli import read_presentations, stimulus_windows
-from neurobridge.data.tvsd import (
+from neurobridge.datasets.tvsd import (
     IMAGES_FILE,
     MAPPING_FILE,
     MUA_FILE,

@@ -4,29 +4,38 @@ Weights come only from local files: a checkpoint path, or an open_clip pretraine
 already in the local cache (``cache_dir``). Without weights the architecture is built with random
 initialisation, which is only good for tests and CPU demos.
 
-Importing this module registers the tiny test architecture ``"neurobridge-tiny"`` (ViT, 32 px
-images, patch 8, width 64, 2 layers, 2 heads, 32-d embeddings; config in
-``neurobridge/alignment/model_configs/``) with open_clip's model registry.
+open_clip is imported on first use (:func:`open_clip_module`), which also registers the tiny
+test architecture ``"neurobridge-tiny"`` (ViT, 32 px images, patch 8, width 64, 2 layers,
+2 heads, 32-d embeddings; config in ``neurobridge/alignment/model_configs/``) with open_clip's
+model registry: importing :mod:`neurobridge.alignment` does not import open_clip.
 """
 
 from __future__ import annotations
 
+import functools
+import types
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import open_clip
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-__all__ = ["TINY_MODEL_NAME", "CLIPImageEncoder", "build_clip_image_encoder"]
+__all__ = ["TINY_MODEL_NAME", "CLIPImageEncoder", "build_clip_image_encoder", "open_clip_module"]
 
 TINY_MODEL_NAME = "neurobridge-tiny"
 
-open_clip.add_model_config(Path(__file__).parent / "model_configs")
+
+@functools.cache
+def open_clip_module() -> types.ModuleType:
+    """``open_clip``, imported once, with NeuroBridge's model configs registered."""
+    import open_clip
+
+    open_clip.add_model_config(Path(__file__).parent / "model_configs")
+    return open_clip
 
 
 class CLIPImageEncoder(nn.Module):
@@ -119,6 +128,7 @@ def build_clip_image_encoder(
     A tag makes open_clip look for its weights on the Hugging Face Hub, which falls back to the
     cache after network retries; set ``HF_HUB_OFFLINE=1`` to go to the cache directly.
     """
+    open_clip = open_clip_module()
     config = open_clip.get_model_config(model_name)
     if config is None:
         raise ValueError(

@@ -1,39 +1,53 @@
-"""Recordings, windows, tokenization and the Lightning data module."""
+"""Recording → batch: windows, tokenization and the Lightning data modules.
 
-from .binning import bin_regular, bin_spikes, num_bins
+Producers of recording files (synthetic generators, converters) live in
+:mod:`neurobridge.datasets`; nothing here imports them.
+"""
+
+from .batch import MaskedBatch, MaskedSample, StimulusBatch
+from .binning import bin_regular, bin_spikes, bin_spikes_in_blocks, num_bins
 from .datamodule import NeuralDataModule, StimulusDataModule, default_cache_dir
 from .dataset import RecordingDataset
 from .images import (
+    IMAGE_FOLDER,
     HDF5ImageStore,
     ImageFolderSource,
     ImagePixels,
     ImageSource,
     open_image_source,
 )
+from .index import SPLITS, StimulusWindowIndex, WindowIndex
 from .samplers import EvalWindowSampler, TrainWindowSampler
-from .stimuli import StimulusTokenizer, StimulusWindowIndex, StimulusWindowSampler
-from .tokenizer import SPIKE_VALUES, VALUE_SOURCES, MaskedTokenizer, WindowIndex
+from .spike_values import SPIKE_VALUES, VALUE_SOURCES
+from .stimuli import StimulusTokenizer, StimulusWindowSampler
+from .tokenizer import MaskedTokenizer
 
 __all__ = [
-    "bin_spikes",
-    "bin_regular",
-    "num_bins",
+    "IMAGE_FOLDER",
+    "SPIKE_VALUES",
+    "SPLITS",
+    "VALUE_SOURCES",
+    "EvalWindowSampler",
+    "HDF5ImageStore",
+    "ImageFolderSource",
+    "ImagePixels",
+    "ImageSource",
+    "MaskedBatch",
+    "MaskedSample",
+    "MaskedTokenizer",
     "NeuralDataModule",
+    "RecordingDataset",
+    "StimulusBatch",
     "StimulusDataModule",
     "StimulusTokenizer",
     "StimulusWindowIndex",
     "StimulusWindowSampler",
-    "default_cache_dir",
-    "RecordingDataset",
-    "ImageSource",
-    "ImageFolderSource",
-    "HDF5ImageStore",
-    "ImagePixels",
-    "open_image_source",
-    "EvalWindowSampler",
     "TrainWindowSampler",
-    "MaskedTokenizer",
     "WindowIndex",
-    "SPIKE_VALUES",
-    "VALUE_SOURCES",
+    "bin_regular",
+    "bin_spikes",
+    "bin_spikes_in_blocks",
+    "default_cache_dir",
+    "num_bins",
+    "open_image_source",
 ]

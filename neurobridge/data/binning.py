@@ -51,6 +51,31 @@ def bin_spikes(
     return counts.reshape(n_bins, num_units).astype(np.float32)
 
 
+def bin_spikes_in_blocks(
+    timestamps: np.ndarray,
+    unit_index: np.ndarray,
+    *,
+    num_units: int,
+    blocks,
+    bin_size: float,
+) -> np.ndarray:
+    """Spike counts of several blocks of time, each binned from its own start, stacked in time.
+
+    Args:
+        blocks: a temporaldata ``Interval`` (or anything with ``start`` / ``end`` arrays), e.g.
+            a recording's training split.
+        timestamps, unit_index, num_units, bin_size: as :func:`bin_spikes`.
+
+    Returns:
+        ``[sum of the blocks' bins, num_units]`` float32 counts, block after block.
+    """
+    return np.concatenate([
+        bin_spikes(timestamps, unit_index, num_units=num_units, start=s, end=e,
+                   bin_size=bin_size)
+        for s, e in zip(np.asarray(blocks.start), np.asarray(blocks.end))
+    ], axis=0)
+
+
 def bin_regular(
     values: np.ndarray,
     *,

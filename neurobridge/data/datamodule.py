@@ -13,21 +13,24 @@ from temporaldata import Interval
 from torch.utils.data import DataLoader
 from torch_brain.data import collate
 
-from neurobridge.data.binning import bin_spikes
+from neurobridge.data.binning import bin_spikes_in_blocks
 from neurobridge.data.dataset import RecordingDataset
+from neurobridge.data.images import IMAGE_FOLDER
 from neurobridge.data.samplers import (
     EvalWindowSampler,
     TrainWindowSampler,
     check_recording_weighting,
 )
+from neurobridge.data.spike_values import check_spike_values, spike_value_stats
 from neurobridge.data.stimuli import (
     STIMULUS_KEY,
     StimulusWindowSampler,
     read_presentations,
     stimulus_windows,
 )
-from neurobridge.data.tokenizer import check_spike_values, spike_values_from_counts
-from neurobridge.masking import MASKING_MODES
+from neurobridge.data.tokenizer import MaskedTokenizer
+from neurobridge.masking import MASKING_MODES, MaskingController
+from neurobridge.modality import Modality
 
 __all__ = [
     "NeuralDataModule",
@@ -35,7 +38,6 @@ __all__ = [
     "check_train_seconds",
     "default_cache_dir",
     "first_seconds",
-    "spike_value_stats",
 ]
 
 log = logging.getLogger(__name__)
@@ -80,47 +82,6 @@ def first_seconds(interval: Interval, seconds: float, window: float, recording_i
     return Interval(start=start, end=end)
 
 
-def spike_value_stats(
-    timestamps: np.ndarray,
-    unit_index: np.ndarray,
-    n_units: int,
-    interval: Interval,
-    bin_size: float,
-    how: str,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per-unit mean and std ``[n_units]`` of spike-derived values over ``interval``.
-
-    Each block of ``interval`` is cut into ``bin_size`` bins from its start (as
-    :meth:`NeuralDataModule.train_counts` does); a bin's value is
-    :func:`~neurobridge.data.tokenizer.spike_values_from_counts` of its count. Only the
-    non-empty (bin, unit) cells are materialised (both transforms map 0 to 0), so memory grows
-    with the number of spikes, not with hours × units. A unit whose values do not vary gets
-    std 1.
-    """
-    ts = np.asarray(timestamps, dtype=np.float64)
-    ui = np.asarray(unit_index, dtype=np.int64)
-    cells: list[np.ndarray] = []
-    n_bins = 0
-    for start, end in zip(np.asarray(interval.start), np.asarray(interval.end)):
-        lo, hi = np.searchsorted(ts, [start, end])
-        block_bins = max(1, int(np.ceil((end - start) / bin_size - 1e-6)))
-        b = np.floor((ts[lo:hi] - start) / bin_size).astype(np.int64)
-        keep = b < block_bins
-        cells.append((n_bins + b[keep]) * n_units + ui[lo:hi][keep])
-        n_bins += block_bins
-    flat, counts = np.unique(np.concatenate(cells) if cells else np.zeros(0, np.int64),
-                             return_counts=True)
-    values = spike_values_from_counts(counts, how).astype(np.float64)
-    unit = flat % n_units
-    total = np.bincount(unit, weights=values, minlength=n_units)
-    total_sq = np.bincount(unit, weights=values * values, minlength=n_units)
-    mean = total / max(n_bins, 1)
-    var = np.maximum(total_sq / max(n_bins, 1) - mean**2, 0.0)
-    std = np.sqrt(var)
-    std = np.where(std > 1e-6, std, 1.0)
-    return mean.astype(np.float32), std.astype(np.float32)
-
-
 class NeuralDataModule(L.LightningDataModule):
     """Windows of multi-session recordings for masked pretraining.
 
@@ -128,9 +89,9 @@ class NeuralDataModule(L.LightningDataModule):
     :attr:`unit_ids` / :attr:`session_ids`, then set :attr:`tokenizer`; the dataloaders use it.
 
     Args:
-        root: folder of recordings; ``None`` with ``synthetic`` set generates synthetic data
-            into the cache on first use.
-        synthetic: keyword arguments of :class:`neurobridge.data.synthetic.SyntheticConfig`.
+        root: folder of recordings (``<recording_id>.h5``). The task builder fills it in for
+            ``data=synthetic`` (generated into the cache on first use by
+            :func:`neurobridge.datasets.synthetic.ensure_synthetic_recordings`).
         modality: ``"spikes"`` or ``"values"`` (continuous MUA, CaPOYO).
         recording_ids: subset of recordings; all by default.
         value_key: regular time series field with the values (``"values"`` modality).
@@ -172,9 +133,8 @@ class NeuralDataModule(L.LightningDataModule):
     def __init__(
         self,
         *,
-        root: str | None = None,
-        synthetic: dict | None = None,
-        modality: str = "spikes",
+        root: str | Path,
+        modality: Modality | str = Modality.SPIKES,
         recording_ids: list[str] | None = None,
         value_key: str = "mua.values",
         spike_values: str | None = None,
@@ -195,8 +155,9 @@ class NeuralDataModule(L.LightningDataModule):
         train_seconds: float | None = None,
     ):
         super().__init__()
-        if root is None and synthetic is None:
+        if root is None:
             raise ValueError("Set data.root to a folder of recordings, or use data=synthetic.")
+        modality = Modality.parse(modality)
         if batch_size < 1:
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}.")
         bad = set(eval_modes) - set(MASKING_MODES)
@@ -211,8 +172,7 @@ class NeuralDataModule(L.LightningDataModule):
         check_recording_weighting(recording_weighting)
         check_train_seconds(train_seconds)
         check_spike_values(spike_values, modality, spike_values_zscore)
-        self.root = root
-        self.synthetic = dict(synthetic) if synthetic is not None else None
+        self.root = Path(root).expanduser()
         self.modality = modality
         self.recording_ids = recording_ids
         self.value_key = value_key
@@ -237,24 +197,15 @@ class NeuralDataModule(L.LightningDataModule):
         self.dataset: RecordingDataset | None = None
 
     # ----------------------------------------------------------------- setup
-    def resolve_root(self) -> Path:
-        if self.root is not None:
-            return Path(self.root).expanduser()
-        from neurobridge.data.synthetic import SyntheticConfig, ensure_synthetic_recordings
-
-        config = SyntheticConfig(**{k: (tuple(v) if isinstance(v, list) else v)
-                                    for k, v in self.synthetic.items()})
-        return ensure_synthetic_recordings(default_cache_dir() / "synthetic", config)
-
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
             return
         self.dataset = RecordingDataset(
-            self.resolve_root(),
+            self.root,
             modality=self.modality,
             recording_ids=self.recording_ids,
             value_key=self.value_key,
-            spike_values=self.spike_values if self.modality == "values" else None,
+            spike_values=self.spike_values if self.modality is Modality.VALUES else None,
         )
         self.intervals = {s: self.dataset.split_intervals(s) for s in ("train", "valid", "test")}
         if self.train_seconds is not None:
@@ -263,7 +214,7 @@ class NeuralDataModule(L.LightningDataModule):
                 for rid, iv in self.intervals["train"].items()
             }
         self.recording_of_session = dict(zip(self.dataset.session_ids(), self.dataset.recording_ids))
-        if self.modality == "values" and self.spike_values is not None:
+        if self.modality is Modality.VALUES and self.spike_values is not None:
             from_spikes = [r for r, src in self.dataset.value_sources.items() if src == "spikes"]
             log.info(
                 "data.modality=values: %d recordings read from %s, %d from spikes as %s values%s",
@@ -284,6 +235,30 @@ class NeuralDataModule(L.LightningDataModule):
     @property
     def session_ids(self) -> list[str]:
         return self.dataset.session_ids()
+
+    def masked_tokenizer(self, encoder, masking: MaskingController) -> MaskedTokenizer:
+        """The masked tokenizer of ``encoder`` on this data (call after :meth:`setup`).
+
+        The encoder gives the modality, the vocabularies, the window and the latent grid
+        (``modality``, ``unit_emb.vocab``, ``session_emb.vocab``, ``sequence_length``,
+        ``latent_step``, ``num_latents_per_step``); this module the bins, the region and value
+        fields and the spike-value options.
+        """
+        values = encoder.modality is Modality.VALUES
+        return MaskedTokenizer(
+            modality=encoder.modality,
+            unit_vocab=encoder.unit_emb.vocab,
+            session_vocab=encoder.session_emb.vocab,
+            masking=masking,
+            sequence_length=encoder.sequence_length,
+            bin_size=self.bin_size,
+            latent_step=encoder.latent_step,
+            num_latents_per_step=encoder.num_latents_per_step,
+            region_key=self.region_key,
+            value_key=self.value_key,
+            spike_values=self.spike_values if values else None,
+            spike_value_stats=self.spike_value_stats if values else None,
+        )
 
     @property
     def tokenizer(self):
@@ -345,15 +320,10 @@ class NeuralDataModule(L.LightningDataModule):
         stacked in time; used to fit the smoothing baseline.
         """
         data = self.dataset.get_recording(recording_id)
-        n_units = len(data.units.id)
-        ts = np.asarray(data.spikes.timestamps)
-        ui = np.asarray(data.spikes.unit_index)
-        dom = self.intervals["train"][recording_id]
-        blocks = [
-            bin_spikes(ts, ui, num_units=n_units, start=s, end=e, bin_size=self.bin_size)
-            for s, e in zip(dom.start, dom.end)
-        ]
-        return np.concatenate(blocks, axis=0)
+        return bin_spikes_in_blocks(
+            data.spikes.timestamps, data.spikes.unit_index, num_units=len(data.units.id),
+            blocks=self.intervals["train"][recording_id], bin_size=self.bin_size,
+        )
 
 
 
@@ -422,8 +392,6 @@ class StimulusDataModule(NeuralDataModule):
         self.image_ids = [i for split in ("train", "valid", "test") for i in self.split_image_ids[split]]
         self.image_rows = {image_id: row for row, image_id in enumerate(self.image_ids)}
         if self.images is None:
-            from neurobridge.data.synthetic import IMAGE_FOLDER
-
             self.images = str(root / IMAGE_FOLDER)
 
     def stimulus_sampler(self, split: str) -> StimulusWindowSampler:

@@ -10,11 +10,11 @@ import numpy as np
 from temporaldata import Data, Interval
 from torch_brain.dataset import Dataset
 
-from neurobridge.data.tokenizer import SPIKE_VALUES, WindowIndex, check_spike_values
+from neurobridge.data.index import SPLITS, WindowIndex
+from neurobridge.data.spike_values import SPIKE_VALUES, check_spike_values
+from neurobridge.modality import Modality
 
-__all__ = ["RecordingDataset", "SPLITS"]
-
-SPLITS = ("train", "valid", "test")
+__all__ = ["RecordingDataset"]
 
 
 class RecordingDataset(Dataset):
@@ -32,7 +32,7 @@ class RecordingDataset(Dataset):
         recording_ids: subset of recordings (file stems); all ``*.h5`` files by default.
         value_key: ``"<timeseries>.<field>"`` holding continuous values (``"values"`` only).
         spike_values: ``"values"`` only: ``None`` (every recording needs ``value_key``), or
-            one of :data:`~neurobridge.data.tokenizer.SPIKE_VALUES`: a recording without
+            one of :data:`~neurobridge.data.spike_values.SPIKE_VALUES`: a recording without
             ``value_key`` but with spikes is accepted (checked as a spiking recording) and
             read as binned spike counts (see :attr:`value_sources`).
         tokenizer: ``(window: Data, index: WindowIndex) -> dict``; set later with
@@ -43,12 +43,13 @@ class RecordingDataset(Dataset):
         self,
         root: str | Path,
         *,
-        modality: str = "spikes",
+        modality: Modality | str = Modality.SPIKES,
         recording_ids: list[str] | None = None,
         value_key: str = "mua.values",
         spike_values: str | None = None,
         tokenizer: Callable[[Data, WindowIndex], dict] | None = None,
     ):
+        modality = Modality.parse(modality)
         check_spike_values(spike_values, modality)
         root = Path(root)
         if not root.is_dir():
@@ -144,7 +145,7 @@ def _check_hdf5(path: Path) -> None:
 
 
 def _check_recording(
-    data: Data, path: Path, modality: str, value_key: str, spike_values: str | None = None
+    data: Data, path: Path, modality: Modality, value_key: str, spike_values: str | None = None
 ) -> str:
     """Check the fields ``modality`` needs; return where the values come from
     (``"value_series"`` or ``"spikes"``, see :attr:`RecordingDataset.value_sources`)."""
@@ -160,11 +161,9 @@ def _check_recording(
          "Each recording needs session=Data(id=...).")
     need(data.domain is not None, "domain", "Give the recording a domain Interval.")
     n_units = len(data.units.id)
-    if modality == "spikes":
+    if modality is Modality.SPIKES:
         _check_spikes(data, path, n_units, need)
         return "spikes"
-    if modality != "values":
-        raise ValueError(f"modality must be 'spikes' or 'values', got {modality!r}.")
     series_name, _, field = value_key.partition(".")
     if series_name not in keys and spike_values is not None and "spikes" in keys:
         _check_spikes(data, path, n_units, need)

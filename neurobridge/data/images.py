@@ -30,6 +30,7 @@ from neurobridge.io import atomic_path
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FOLDER",
     "HDF5ImageStore",
     "ImageFolderSource",
     "ImagePixels",
@@ -37,6 +38,10 @@ __all__ = [
     "open_image_source",
     "write_hdf5_image_store",
 ]
+
+#: Folder of a data root that holds its images (``<root>/images``), where converters and the
+#: synthetic generator write them and stimulus-locked tasks look by default.
+IMAGE_FOLDER = "images"
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _HDF5_SUFFIXES = (".h5", ".hdf5")

@@ -1,6 +1,6 @@
 """Window samplers that also fix each window's mask, and shard across DDP ranks.
 
-Both samplers yield :class:`~neurobridge.data.tokenizer.WindowIndex` objects. They shard by
+Both samplers yield :class:`~neurobridge.data.index.WindowIndex` objects. They shard by
 rank themselves (so the Trainer must run with ``use_distributed_sampler=False``): rank ``r``
 of ``W`` takes every ``W``-th index starting at ``r`` (:func:`rank_shard`). Evaluation shards
 keep every window, so that metric sums gathered over ranks equal a single-process run;
@@ -18,7 +18,7 @@ import torch
 from temporaldata import Interval
 from torch_brain.data.sampler import RandomFixedWindowSampler, SequentialFixedWindowSampler
 
-from neurobridge.data.tokenizer import WindowIndex
+from neurobridge.data.index import WindowIndex
 
 __all__ = [
     "RECORDING_WEIGHTINGS",

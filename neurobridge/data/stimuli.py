@@ -27,13 +27,12 @@ import numpy as np
 import torch
 from temporaldata import Data, Interval
 
-from neurobridge.data.dataset import SPLITS
+from neurobridge.data.index import SPLITS, StimulusWindowIndex
 from neurobridge.data.samplers import rank_shard
-from neurobridge.data.tokenizer import MaskedTokenizer, WindowIndex
+from neurobridge.data.tokenizer import MaskedTokenizer
 
 __all__ = [
     "STIMULUS_KEY",
-    "StimulusWindowIndex",
     "StimulusWindows",
     "read_presentations",
     "stimulus_windows",
@@ -42,14 +41,6 @@ __all__ = [
 ]
 
 STIMULUS_KEY = "stimulus_presentations"
-
-
-@dataclass
-class StimulusWindowIndex(WindowIndex):
-    """A window locked to one presentation; ``mask_seed`` fixes its masked view (finetune)."""
-
-    image_id: str = ""
-    onset: float = 0.0
 
 
 def read_presentations(data: Data, path: str | Path, key: str = STIMULUS_KEY) -> dict:

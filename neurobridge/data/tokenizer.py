@@ -15,126 +15,30 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.special import gammaln, xlogy
 from temporaldata import Data
 from torch_brain.data import pad8, track_mask8
-from torch_brain.dataset import DatasetIndex
 from torch_brain.utils import create_linspace_latent_tokens, create_start_end_unit_tokens
 
+from neurobridge.data.batch import MaskedSample
 from neurobridge.data.binning import bin_regular, bin_spikes, num_bins
+from neurobridge.data.index import WindowIndex
+from neurobridge.data.spike_values import (
+    VALUE_SOURCES,
+    check_spike_values,
+    expected_spike_values,
+    spike_values_from_counts,
+)
 from neurobridge.masking import MASKING_MODES, MaskingController
+from neurobridge.modality import Modality
 
-__all__ = [
-    "SPIKE_VALUES",
-    "VALUE_SOURCES",
-    "MaskedTokenizer",
-    "WindowIndex",
-    "check_spike_values",
-    "expected_spike_values",
-    "spike_values_from_counts",
-]
+__all__ = ["MaskedTokenizer"]
 
 log = logging.getLogger(__name__)
 
 UNKNOWN_REGION = "unknown"
-
-#: How a ``values`` run reads a recording that has spikes but no value series
-#: (``data.spike_values``): binned spike counts per (unit, bin), or their square root.
-SPIKE_VALUES = ("counts", "sqrt")
-#: Where a ``values`` window's values come from (the ``value_source`` of a sample, an index
-#: into this tuple): the recording's value series (``value_key``), or its binned spikes.
-VALUE_SOURCES = ("value_series", "spikes")
-
-
-def check_spike_values(spike_values, modality: str = "values", zscore: bool = False) -> None:
-    """``data.spike_values`` is ``None`` or one of :data:`SPIKE_VALUES`, and only set (with
-    ``data.spike_values_zscore``) in a ``values`` run; raise a ValueError naming the choices."""
-    if spike_values is not None and spike_values not in SPIKE_VALUES:
-        raise ValueError(
-            f"data.spike_values must be null or one of {list(SPIKE_VALUES)}, got {spike_values!r}."
-        )
-    if spike_values is not None and modality != "values":
-        raise ValueError(
-            f"data.spike_values={spike_values} reads spiking recordings as values in a "
-            f"data.modality=values run (CaPOYO); this run has data.modality={modality!r}, "
-            "which reads spikes as they are: set data.spike_values=null."
-        )
-    if not isinstance(zscore, (bool, np.bool_)):
-        raise ValueError(f"data.spike_values_zscore must be true or false, got {zscore!r}.")
-    if zscore and spike_values is None:
-        raise ValueError(
-            "data.spike_values_zscore=true standardises spike-derived values: set "
-            f"data.spike_values to one of {list(SPIKE_VALUES)} too."
-        )
-
-
-def spike_values_from_counts(counts: np.ndarray, how: str) -> np.ndarray:
-    """Binned spike counts as values: the counts (``"counts"``) or ``sqrt(counts)``
-    (``"sqrt"``, variance-stabilising: its variance tends to 1/4 for Poisson counts as their
-    mean grows)."""
-    if how == "counts":
-        return np.asarray(counts, dtype=np.float32)
-    if how == "sqrt":
-        return np.sqrt(np.asarray(counts, dtype=np.float32))
-    raise ValueError(f"spike values must be one of {list(SPIKE_VALUES)}, got {how!r}.")
-
-
-def _poisson_sqrt_mean(lam: np.ndarray) -> np.ndarray:
-    """``E[sqrt(N)]`` for ``N ~ Poisson(lam)``, elementwise (float64).
-
-    The series ``sum_k sqrt(k) P(N = k)`` up to ``k = max(lam) + 12 sqrt(max(lam)) + 30`` for
-    ``lam <= 100``; above, the asymptotic expansion
-    ``sqrt(lam) (1 - 1/(8 lam) - 7/(128 lam^2) - 33/(1024 lam^3))`` (error < 1e-7 relative).
-    """
-    lam = np.clip(np.asarray(lam, dtype=np.float64), 0.0, None)
-    out = np.empty_like(lam)
-    big = lam > 100.0
-    if big.any():
-        x = lam[big]
-        out[big] = np.sqrt(x) * (1 - 1 / (8 * x) - 7 / (128 * x**2) - 33 / (1024 * x**3))
-    small = ~big
-    if small.any():
-        x = lam[small]
-        top = float(x.max()) if x.size else 0.0
-        k = np.arange(int(np.ceil(top + 12 * np.sqrt(top) + 30)) + 1, dtype=np.float64)
-        log_pmf = xlogy(k, x[:, None]) - x[:, None] - gammaln(k + 1)
-        out[small] = np.exp(log_pmf) @ np.sqrt(k)
-    return out
-
-
-def expected_spike_values(expected_counts: np.ndarray, how: str) -> np.ndarray:
-    """The expected value of :func:`spike_values_from_counts` for Poisson counts of the given
-    means: the mean itself (``"counts"``) or ``E[sqrt(N)]`` (``"sqrt"``, exact series)."""
-    if how == "counts":
-        return np.asarray(expected_counts, dtype=np.float32)
-    if how == "sqrt":
-        return _poisson_sqrt_mean(expected_counts).astype(np.float32)
-    raise ValueError(f"spike values must be one of {list(SPIKE_VALUES)}, got {how!r}.")
-
-
-@dataclass
-class WindowIndex(DatasetIndex):
-    """A torch_brain :class:`DatasetIndex` that also fixes the window's mask.
-
-    Attributes:
-        mask_seed: seed of the window's mask generator (fixed per eval window, drawn per
-            training sample).
-        mode: force this masking mode; ``None`` draws one from the controller's probabilities.
-        max_queries: decode at most this many masked cells (a uniform random subset, an
-            unbiased estimate of the loss over all masked cells); ``None`` decodes all of them.
-        unmasked_queries: also decode this many cells the encoder saw (a uniform random
-            subset of the unmasked cells, fewer when the window has fewer), flagged by
-            ``query_visible``; 0 (the default) decodes only masked cells.
-    """
-
-    mask_seed: int = 0
-    mode: str | None = None
-    max_queries: int | None = None
-    unmasked_queries: int = 0
 
 
 class MaskedTokenizer:
@@ -164,7 +68,7 @@ class MaskedTokenizer:
     def __init__(
         self,
         *,
-        modality: str,
+        modality: Modality | str,
         unit_vocab: Mapping[str, int],
         session_vocab: Mapping[str, int],
         masking: MaskingController,
@@ -177,10 +81,8 @@ class MaskedTokenizer:
         spike_values: str | None = None,
         spike_value_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
     ):
-        if modality not in ("spikes", "values"):
-            raise ValueError(f"modality must be 'spikes' or 'values', got {modality!r}.")
-        check_spike_values(spike_values, modality)
-        self.modality = modality
+        self.modality = Modality.parse(modality, "modality")
+        check_spike_values(spike_values, self.modality)
         self.spike_values = spike_values
         self.spike_value_stats = {
             str(k): (np.asarray(m, dtype=np.float32), np.asarray(sd, dtype=np.float32))
@@ -261,7 +163,7 @@ class MaskedTokenizer:
 
     def grid_targets(self, data: Data, n_units: int) -> tuple[np.ndarray, np.ndarray]:
         """Observed grid ``[n_bins, n_units]`` and ground-truth grid (NaN where unknown)."""
-        if self.modality == "spikes":
+        if self.modality is Modality.SPIKES:
             grid = self._spike_counts(data, n_units)
         elif self.value_source(data) == "spikes":
             counts = self._spike_counts(data, n_units)
@@ -289,18 +191,18 @@ class MaskedTokenizer:
         transformed count given the true rates (:func:`expected_spike_values`), standardised
         like the values.
         """
-        from_spikes = self.modality == "spikes" or self.value_source(data) == "spikes"
+        from_spikes = self.modality is Modality.SPIKES or self.value_source(data) == "spikes"
         if from_spikes and "true_rates" in data.keys():
             series = data.true_rates
             rates = bin_regular(
                 series.rates, sampling_rate=series.sampling_rate, bin_size=self.bin_size,
                 n_bins=self.n_bins,
             )
-            if self.modality == "spikes":
+            if self.modality is Modality.SPIKES:
                 return rates * self.bin_size
             expected = expected_spike_values(rates * self.bin_size, self.spike_values)
             return self._standardise(data, expected)
-        if self.modality == "values" and not from_spikes:
+        if self.modality is Modality.VALUES and not from_spikes:
             series = getattr(data, self.value_series)
             if "clean" in series.keys():
                 return bin_regular(
@@ -310,7 +212,7 @@ class MaskedTokenizer:
         return np.full((self.n_bins, n_units), np.nan, dtype=np.float32)
 
     # ------------------------------------------------------------------ main
-    def __call__(self, data: Data, index: WindowIndex) -> dict:
+    def __call__(self, data: Data, index: WindowIndex) -> MaskedSample:
         n_units = len(data.units.id)
         unit_index = self.global_unit_index(data)
         regions = self.unit_regions(data)
@@ -357,7 +259,7 @@ class MaskedTokenizer:
             "session_index": session_index,
             "window_start": float(data.absolute_start),
         }
-        if self.modality == "values" and self.spike_values is not None:
+        if self.modality is Modality.VALUES and self.spike_values is not None:
             out["value_source"] = VALUE_SOURCES.index(self.value_source(data))
         return out
 
@@ -367,11 +269,11 @@ class MaskedTokenizer:
         n_units = len(data.units.id)
         if mask is None:
             mask = np.zeros((self.n_bins, n_units), dtype=bool)
-        grid = None if self.modality == "spikes" else self.grid_targets(data, n_units)[0]
+        grid = None if self.modality is Modality.SPIKES else self.grid_targets(data, n_units)[0]
         return self._tokens(data, self.global_unit_index(data), grid, mask)
 
     def _tokens(self, data: Data, unit_index: np.ndarray, grid, mask: np.ndarray) -> dict:
-        if self.modality == "spikes":
+        if self.modality is Modality.SPIKES:
             out = self._spike_tokens(data, unit_index, mask)
         else:
             out = self._value_tokens(grid, unit_index, mask)

@@ -6,58 +6,9 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-__all__ = [
-    "ConditioningDrop",
-    "DiffusionAdapter",
-    "adapter_for_unet",
-    "check_adapter_matches_unet",
-]
+from .conditioning import ConditioningDrop, check_positive_int, unet_conditioning_dims
 
-
-def _check_positive_int(name: str, value: int, owner: str = "DiffusionAdapter") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}.")
-
-
-class ConditioningDrop(nn.Module):
-    """Per-sample conditioning drop for classifier-free guidance, shared by the routes.
-
-    Subclasses set ``cond_drop_prob``; in training mode each sample's conditioning is replaced
-    by the unconditional one with that probability.
-    """
-
-    cond_drop_prob: float = 0.0
-
-    def sample_drop_mask(
-        self,
-        batch_size: int,
-        *,
-        device: torch.device | str | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Tensor:
-        """``[batch_size]`` bool, True where a sample's conditioning is dropped.
-
-        Each entry is True with probability ``cond_drop_prob`` in training mode; all False in
-        eval mode. Drawn on ``generator``'s device, then moved to ``device``.
-        """
-        if not self.training or self.cond_drop_prob == 0.0:
-            return torch.zeros(batch_size, dtype=torch.bool, device=device)
-        draw_device = generator.device if generator is not None else device
-        u = torch.rand(batch_size, generator=generator, device=draw_device)
-        return (u < self.cond_drop_prob).to(device)
-
-    def _resolve_drop_mask(
-        self, clip_embeds: Tensor, drop_mask: Tensor | None, generator: torch.Generator | None
-    ) -> Tensor:
-        batch_size = clip_embeds.shape[0]
-        if drop_mask is None:
-            return self.sample_drop_mask(batch_size, device=clip_embeds.device, generator=generator)
-        if drop_mask.shape != (batch_size,) or drop_mask.dtype != torch.bool:
-            raise ValueError(
-                f"drop_mask must be a bool tensor of shape [{batch_size}], got "
-                f"{drop_mask.dtype} of shape {tuple(drop_mask.shape)}."
-            )
-        return drop_mask.to(clip_embeds.device)
+__all__ = ["DiffusionAdapter", "adapter_for_unet"]
 
 
 class DiffusionAdapter(ConditioningDrop):
@@ -111,9 +62,9 @@ class DiffusionAdapter(ConditioningDrop):
             ("refiner_depth", refiner_depth),
             ("refiner_heads", refiner_heads),
         ]:
-            _check_positive_int(name, value)
+            check_positive_int(name, value)
         if class_embed_dim is not None:
-            _check_positive_int("class_embed_dim", class_embed_dim)
+            check_positive_int("class_embed_dim", class_embed_dim)
         if cond_dim % refiner_heads != 0:
             raise ValueError(
                 f"DiffusionAdapter refiner_heads={refiner_heads} must divide cond_dim={cond_dim}."
@@ -228,31 +179,6 @@ class DiffusionAdapter(ConditioningDrop):
         return out
 
 
-def _unet_conditioning_dims(unet: nn.Module) -> tuple[int, int | None]:
-    """``(cross_attention_dim, class_embed_dim or None)`` that the UNet expects as input."""
-    config = unet.config
-    if config.encoder_hid_dim is not None or config.addition_embed_type is not None:
-        raise ValueError(
-            "UNets with encoder_hid_dim or addition_embed_type (e.g. SDXL) are not supported; "
-            "DiffusionAdapter drives UNets conditioned by cross-attention (and optionally a "
-            "projection class embedding) only."
-        )
-    cross_dim = config.cross_attention_dim
-    if isinstance(cross_dim, (list, tuple)):
-        if len(set(cross_dim)) != 1:
-            raise ValueError(
-                f"UNet cross_attention_dim differs between blocks ({tuple(cross_dim)}); "
-                "DiffusionAdapter needs a single conditioning width."
-            )
-        cross_dim = cross_dim[0]
-    class_dim = (
-        config.projection_class_embeddings_input_dim
-        if config.class_embed_type == "projection"
-        else None
-    )
-    return int(cross_dim), class_dim
-
-
 def adapter_for_unet(unet: nn.Module, *, clip_dim: int, **kwargs) -> DiffusionAdapter:
     """A :class:`DiffusionAdapter` whose ``cond_dim`` (and ``class_embed_dim``) fit ``unet``.
 
@@ -260,38 +186,7 @@ def adapter_for_unet(unet: nn.Module, *, clip_dim: int, **kwargs) -> DiffusionAd
     ``unet.config.projection_class_embeddings_input_dim`` when ``class_embed_type ==
     "projection"``, else None. Other keyword arguments go to :class:`DiffusionAdapter`.
     """
-    cond_dim, class_embed_dim = _unet_conditioning_dims(unet)
+    cond_dim, class_embed_dim = unet_conditioning_dims(unet)
     return DiffusionAdapter(
         clip_dim=clip_dim, cond_dim=cond_dim, class_embed_dim=class_embed_dim, **kwargs
     )
-
-
-def check_adapter_matches_unet(adapter: nn.Module, unet: nn.Module) -> None:
-    """Raise ValueError if ``adapter``'s conditioning does not fit ``unet``'s inputs.
-
-    ``adapter`` is a :class:`DiffusionAdapter` or an
-    :class:`~neurobridge.generation.ip_adapter.IPAdapterConditioning` (which must be installed
-    in ``unet``).
-    """
-    from .ip_adapter import IPAdapterConditioning, has_ip_adapter
-
-    if isinstance(adapter, IPAdapterConditioning):
-        adapter.check_unet(unet)
-        return
-    if has_ip_adapter(unet):
-        raise ValueError(
-            "The UNet has an IP-Adapter installed; a DiffusionAdapter (route prompt_embeds) "
-            "conditions a plain UNet."
-        )
-    cond_dim, class_embed_dim = _unet_conditioning_dims(unet)
-    if adapter.cond_dim != cond_dim:
-        raise ValueError(
-            f"adapter cond_dim={adapter.cond_dim} != UNet cross_attention_dim={cond_dim}; set "
-            f"cond_dim={cond_dim} (or build the adapter with adapter_for_unet)."
-        )
-    if adapter.class_embed_dim != class_embed_dim:
-        raise ValueError(
-            f"adapter class_embed_dim={adapter.class_embed_dim} != UNet projection class "
-            f"embedding input dim={class_embed_dim}; set class_embed_dim={class_embed_dim} "
-            "(or build the adapter with adapter_for_unet)."
-        )

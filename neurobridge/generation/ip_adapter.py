@@ -31,7 +31,12 @@ from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import ImageProjection, MultiIPAdapterImageProjection
 from torch import Tensor
 
-from .adapter import ConditioningDrop, _check_positive_int, _unet_conditioning_dims
+from .conditioning import (
+    ConditioningDrop,
+    check_positive_int,
+    has_ip_adapter,
+    unet_conditioning_dims,
+)
 
 __all__ = [
     "IPAdapterConditioning",
@@ -52,12 +57,6 @@ _IMAGE_PROJ_NAMES = {
     "norm.bias": "norm.bias",
 }
 KV_INITS = ("text", "random")
-
-
-def has_ip_adapter(unet: nn.Module) -> bool:
-    """Whether ``unet`` has IP-Adapter image tokens installed (``encoder_hid_dim_type ==
-    "ip_image_proj"``)."""
-    return getattr(unet.config, "encoder_hid_dim_type", None) == "ip_image_proj"
 
 
 def _cross_attention_layers(unet: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -127,7 +126,7 @@ class IPAdapterConditioning(ConditioningDrop):
             ("num_tokens", num_tokens),
             ("text_tokens", text_tokens),
         ]:
-            _check_positive_int(name, value, _OWNER)
+            check_positive_int(name, value, _OWNER)
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError(f"{_OWNER} cond_drop_prob must lie in [0, 1), got {cond_drop_prob}.")
         if kv_init not in KV_INITS:
@@ -137,7 +136,7 @@ class IPAdapterConditioning(ConditioningDrop):
                 "The UNet already has an encoder_hid_proj (an IP-Adapter installed?): build "
                 "IPAdapterConditioning on a freshly loaded UNet."
             )
-        cond_dim, class_dim = _unet_conditioning_dims(unet)
+        cond_dim, class_dim = unet_conditioning_dims(unet)
         if class_dim is not None:
             raise ValueError(
                 "The ip_adapter route drives UNets conditioned by cross-attention only; this "

@@ -415,3 +415,12 @@ def generate(
             prediction = uncond + guidance_scale * (conditional - uncond)
         latents = scheduler.step(prediction, t, latents).prev_sample
     return _decode_latents(components, latents)
+
+
+def build_diffusion(cfg: dict) -> DiffusionComponents:
+    """Frozen diffusion components from a ``task.diffusion`` config: ``pretrained`` (a local
+    Stable Diffusion folder or a cached model id) or, when null, the tiny random model
+    (``tiny``: the arguments of :func:`build_tiny_stable_diffusion`)."""
+    if cfg.get("pretrained"):
+        return load_stable_diffusion(cfg["pretrained"])
+    return build_tiny_stable_diffusion(**cfg["tiny"])

@@ -19,6 +19,8 @@ from torch_brain.models import POYO, CaPOYO
 from torch_brain.nn.loss import MSELoss
 from torch_brain.registry import DataType, ModalitySpec
 
+from neurobridge.modality import Modality
+
 __all__ = ["NeuroBridgePOYO", "NeuroBridgeCaPOYO"]
 
 _UPSTREAM_HEAD_MODULES = ("dec_atn", "dec_ffn", "readout")
@@ -147,6 +149,8 @@ def _check_vocab(model: POYO | CaPOYO) -> None:
 class NeuroBridgePOYO(_EncoderMixin, POYO):
     """POYO with a public :meth:`encode`. Accepts every upstream constructor argument.
 
+    Reads spike events (:attr:`modality` ``Modality.SPIKES``): one token per spike.
+
     Args:
         readout_spec: as upstream; ``None`` builds an encoder without the upstream output
             decoder (``forward()`` then raises, ``encode()`` works).
@@ -158,6 +162,8 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
             them (less memory, about one more encoder forward per step; same gradients).
         **kwargs: the upstream :class:`torch_brain.models.POYO` arguments.
     """
+
+    modality = Modality.SPIKES
 
     def __init__(
         self,
@@ -211,7 +217,8 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
 class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
     """CaPOYO (continuous values per token) with a public :meth:`encode`.
 
-    Each input token carries a value (a calcium trace sample upstream; a binned MUA value in
+    Reads continuous values (:attr:`modality` ``Modality.VALUES``). Each input token carries a
+    value (a calcium trace sample upstream; a binned MUA value in
     NeuroBridge), embedded as ``[value_map(value) ‖ unit_emb(unit)]``.
 
     Args:
@@ -220,6 +227,8 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
         anchor_tokens, activation_checkpointing: as for :class:`NeuroBridgePOYO`.
         **kwargs: the upstream :class:`torch_brain.models.CaPOYO` arguments.
     """
+
+    modality = Modality.VALUES
 
     def __init__(
         self,

@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from neurobridge.modality import Modality
 from neurobridge.models.masked_model import MaskedModel
 
 __all__ = ["MaskedModelEnsemble"]
@@ -75,8 +76,8 @@ class MaskedModelEnsemble(nn.Module):
         return self.members[0].encoder
 
     @property
-    def modality(self) -> str:
-        """``"spikes"`` or ``"values"``, as every member."""
+    def modality(self) -> Modality:
+        """What every member reads."""
         return self.members[0].modality
 
     def forward(self, **inputs) -> Tensor:

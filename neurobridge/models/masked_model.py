@@ -7,13 +7,15 @@ from torch import Tensor
 from torch_brain.nn import Embedding
 
 from neurobridge.masking import MASKING_MODES
+from neurobridge.modality import Modality
 from neurobridge.models.encoders import NeuroBridgeCaPOYO, NeuroBridgePOYO
+from neurobridge.models.shareable import Shareable
 from neurobridge.models.target_decoder import TargetSequenceDecoder
 
 __all__ = ["MaskedModel"]
 
 
-class MaskedModel(nn.Module):
+class MaskedModel(Shareable, nn.Module):
     """Encodes the visible tokens and decodes the requested grid cells.
 
     The decoder's queries use the encoder's unit and session embeddings, so the masked units'
@@ -43,10 +45,12 @@ class MaskedModel(nn.Module):
         self.decoder = decoder
         self.mode_emb = Embedding(len(MASKING_MODES), encoder.dim) if mode_prompt else None
 
+    pretrained_kind = "masked_model"
+
     @property
-    def modality(self) -> str:
-        """``"spikes"`` for POYO, ``"values"`` for CaPOYO."""
-        return "values" if isinstance(self.encoder, NeuroBridgeCaPOYO) else "spikes"
+    def modality(self) -> Modality:
+        """What the encoder reads: ``Modality.SPIKES`` (POYO) or ``Modality.VALUES`` (CaPOYO)."""
+        return self.encoder.modality
 
     def forward(
         self,

@@ -1,9 +1,11 @@
 """Rebuild trained NeuroBridge models from checkpoints, without the data.
 
 Every NeuroBridge checkpoint stores its kind (``"masked"`` for pretraining, ``"alignment"``
-for align / finetune, ``"adapter"`` for the diffusion adapter) and the model config under ``checkpoint["neurobridge"]``, and the unit /
-session vocabularies inside the state dict, so loading needs neither the data folder nor Hydra.
-Files are read with ``torch.load(..., weights_only=True)``: no pickled code runs.
+for align / finetune, ``"adapter"`` for the diffusion adapter) and the model config under
+``checkpoint["neurobridge"]``, and the unit / session vocabularies inside the state dict, so
+loading needs neither the data folder nor Hydra. Models are rebuilt by the factories of
+:mod:`neurobridge.models.factory`. Files are read with ``torch.load(..., weights_only=True)``:
+no pickled code runs. Only :func:`load_adapter` imports diffusers (when called).
 """
 
 from __future__ import annotations
@@ -14,30 +16,16 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from neurobridge.alignment import AlignmentModel, LatentReadout, NeuralProjector
-from neurobridge.generation import (
-    DiffusionAdapter,
-    DiffusionComponents,
-    IPAdapterConditioning,
-    build_tiny_stable_diffusion,
-    load_stable_diffusion,
-)
 from neurobridge.io import atomic_path
-from neurobridge.models import (
-    MaskedModel,
-    NeuroBridgeCaPOYO,
-    NeuroBridgePOYO,
-    TargetSequenceDecoder,
-)
+from neurobridge.models.aligned import AlignmentModel
+from neurobridge.models.factory import build_alignment_model, build_masked_model
 
 __all__ = [
     "CHECKPOINT_KEY",
     "CHECKPOINT_KINDS",
     "AtomicCheckpointIO",
     "checkpoint_payload",
-    "ADAPTER_ROUTES",
-    "build_conditioning",
-    "build_diffusion",
+    "export_pretrained",
     "load_adapter",
     "load_alignment_model",
     "load_masked_model",
@@ -49,14 +37,6 @@ CHECKPOINT_KEY = "neurobridge"
 #: What a checkpoint holds: a pretrained masked model, that model with a CLIP-space head, or
 #: the latter with a diffusion adapter.
 CHECKPOINT_KINDS = ("masked", "alignment", "adapter")
-
-# Only these classes can be named by a checkpoint (a file never chooses arbitrary code to run).
-_ENCODERS = {
-    "neurobridge.models.NeuroBridgePOYO": NeuroBridgePOYO,
-    "neurobridge.models.NeuroBridgeCaPOYO": NeuroBridgeCaPOYO,
-}
-_DECODERS = {"neurobridge.models.TargetSequenceDecoder": TargetSequenceDecoder}
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the target folder, fsyncs it, then renames
@@ -74,17 +54,6 @@ def checkpoint_payload(model_config: dict, kind: str = "masked") -> dict:
     if kind not in CHECKPOINT_KINDS:
         raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}, got {kind!r}.")
     return {"version": neurobridge.__version__, "kind": kind, "model": model_config}
-
-
-def _build(registry: dict, cfg: dict, what: str, path: Path, **extra):
-    cfg = dict(cfg)
-    target = cfg.pop("_target_", None)
-    if target not in registry:
-        raise ValueError(
-            f"{path}: model.{what}._target_ is {target!r}; a NeuroBridge checkpoint can name "
-            f"only {sorted(registry)}."
-        )
-    return registry[target](**cfg, **extra)
 
 
 def _read(path: str | Path, map_location) -> tuple[dict, dict, Path]:
@@ -120,14 +89,6 @@ def read_checkpoint_kind(path: str | Path) -> str:
     return read_checkpoint_meta(path)["kind"]
 
 
-def _masked_model(cfg: dict, path: Path) -> MaskedModel:
-    encoder = _build(_ENCODERS, cfg["encoder"], "encoder", path)
-    decoder = _build(
-        _DECODERS, cfg["decoder"], "decoder", path, dim=encoder.dim, unit_emb_dim=encoder.unit_emb_dim
-    )
-    return MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=cfg.get("mode_prompt", False))
-
-
 def _load_state(model: torch.nn.Module, state: dict, path: Path) -> None:
     try:
         model.load_state_dict(state)
@@ -150,17 +111,15 @@ def load_masked_model(
     prefix = {"masked": "model.", "alignment": "model.masked_model.",
               "adapter": "aligned.masked_model."}[kind]
     cfg = {k: meta["model"][k] for k in ("encoder", "decoder", "mode_prompt") if k in meta["model"]}
-    model = _masked_model(cfg, path)
+    model = build_masked_model(cfg, where=f"{path}: model")
     _load_state(model, _with_prefix(ckpt["state_dict"], prefix), path)
     model.eval()
     return (model, cfg) if with_config else model
 
 
 def _alignment_model(cfg: dict, state: dict, path: Path) -> AlignmentModel:
-    model = AlignmentModel(
-        masked_model=_masked_model(cfg, path),
-        readout=LatentReadout(**cfg["readout"]),
-        projector=NeuralProjector(**cfg["projector"]),
+    model = build_alignment_model(
+        cfg, masked_model=build_masked_model(cfg, where=f"{path}: model")
     )
     _load_state(model, state, path)
     return model.eval()
@@ -189,28 +148,6 @@ def load_alignment_model(
     return (model, cfg) if with_config else model
 
 
-#: conditioning routes of ``task=adapter`` (``task.route``)
-ADAPTER_ROUTES = ("prompt_embeds", "ip_adapter")
-
-
-def build_conditioning(adapter_cfg: dict, unet: torch.nn.Module):
-    """The conditioning module an adapter checkpoint's ``model.adapter`` config describes.
-
-    ``route`` (absent in checkpoints written before the ip_adapter route: ``prompt_embeds``)
-    picks :class:`DiffusionAdapter` or :class:`IPAdapterConditioning`; the latter is
-    installed in ``unet`` (its ``weights`` entry, the file it started from, is not read: the
-    checkpoint holds the trained weights).
-    """
-    cfg = dict(adapter_cfg)
-    route = cfg.pop("route", "prompt_embeds")
-    if route == "ip_adapter":
-        cfg.pop("weights", None)
-        return IPAdapterConditioning(unet, **cfg)
-    if route != "prompt_embeds":
-        raise ValueError(f"adapter route must be one of {ADAPTER_ROUTES}, got {route!r}.")
-    return DiffusionAdapter(**cfg)
-
-
 def load_adapter(path: str | Path, map_location: str | torch.device = "cpu"):
     """Load an ``adapter`` checkpoint: ``(aligned_model, adapter, diffusion, model_config)``.
 
@@ -220,6 +157,8 @@ def load_adapter(path: str | Path, map_location: str | torch.device = "cpu"):
     :class:`IPAdapterConditioning` installed in ``diffusion.unet`` with its trained
     IP-Adapter weights (route ``ip_adapter``).
     """
+    from neurobridge.generation import build_conditioning, build_diffusion
+
     ckpt, meta, path = _read(path, map_location)
     if meta.get("kind") != "adapter":
         raise ValueError(
@@ -234,9 +173,24 @@ def load_adapter(path: str | Path, map_location: str | torch.device = "cpu"):
     return aligned, adapter.eval(), diffusion, cfg
 
 
-def build_diffusion(cfg: dict) -> DiffusionComponents:
-    """Frozen diffusion components from a ``task.diffusion`` config: ``pretrained`` (a local
-    Stable Diffusion folder or a cached model id) or, when null, the tiny random model."""
-    if cfg.get("pretrained"):
-        return load_stable_diffusion(cfg["pretrained"])
-    return build_tiny_stable_diffusion(**cfg["tiny"])
+def export_pretrained(path: str | Path, directory: str | Path, *, kind: str | None = None) -> Path:
+    """Write the model of a Lightning checkpoint as a pretrained folder (``config.json`` +
+    ``model.safetensors``, :mod:`neurobridge.models.pretrained`); returns the folder.
+
+    Args:
+        path: a NeuroBridge checkpoint (``RUN/checkpoints/last.ckpt``).
+        directory: the folder to write.
+        kind: ``"masked_model"`` (the encoder + target decoder, from any checkpoint) or
+            ``"alignment_model"`` (with the readout and projector, from an ``align`` /
+            ``finetune`` / ``adapter`` checkpoint); ``None``: the alignment model when the
+            checkpoint holds one, else the masked model.
+    """
+    if kind is None:
+        kind = "masked_model" if read_checkpoint_kind(path) == "masked" else "alignment_model"
+    if kind == "masked_model":
+        model = load_masked_model(path)
+    elif kind == "alignment_model":
+        model = load_alignment_model(path)
+    else:
+        raise ValueError(f"kind must be 'masked_model' or 'alignment_model', got {kind!r}.")
+    return model.save_pretrained(directory)

@@ -1,4 +1,9 @@
-"""Build and run a task from a resolved Hydra config (used by ``examples/train.py``)."""
+"""Run a task from a resolved Hydra config (used by ``examples/train.py``).
+
+The task comes from the registry (:func:`neurobridge.tasks.get_task`); this module only checks
+the config, makes the Trainer (callbacks and loggers from ``configs/callbacks`` and
+``configs/logger``), fits, tests and writes the run folder.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +16,8 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import (
-    EMAWeightAveraging,
-    LearningRateMonitor,
-    ModelCheckpoint,
-    RichProgressBar,
-)
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
@@ -25,38 +25,19 @@ from omegaconf import DictConfig, OmegaConf
 from neurobridge.data.datamodule import check_train_seconds
 from neurobridge.io import write_json_atomic
 from neurobridge.masking import MaskingController
-from neurobridge.models import set_attention_backend
-from neurobridge.training.adapt import INIT_MODES
-from neurobridge.training.builders import (
-    build_adapter,
-    build_alignment,
-    build_pretraining,
-    build_session_adaptation,
-    check_adaptation_source,
-)
+from neurobridge.modality import Modality
+from neurobridge.models import encoder_class, set_attention_backend
+from neurobridge.tasks import Task, get_task
+from neurobridge.training.callbacks import EMAWeights, LastCheckpoint
 from neurobridge.training.checkpoint import AtomicCheckpointIO, read_checkpoint_meta
-from neurobridge.training.evaluate import run_evaluation
-from neurobridge.training.reconstruct import run_reconstruction
 
-__all__ = ["run", "run_info", "TASKS"]
+__all__ = ["run", "run_info"]
 
 log = logging.getLogger(__name__)
 
-#: training task name -> builder of (LightningModule, data module)
-_BUILDERS = {
-    "pretrain": build_pretraining,
-    "adapt_session": build_session_adaptation,
-    "align": build_alignment,
-    "finetune": build_alignment,
-    "adapter": build_adapter,
-}
-TASKS = (*_BUILDERS, "reconstruct", "evaluate")
 
-
-def _validate(cfg: DictConfig) -> None:
+def _validate(cfg: DictConfig, task: Task) -> None:
     """Reject config errors before any data is touched."""
-    if cfg.task.name not in TASKS:
-        raise ValueError(f"Unknown task {cfg.task.name!r}; valid tasks: {list(TASKS)}.")
     enc = cfg.model.encoder
     for key in ("dim", "dim_head", "depth", "num_latents_per_step"):
         if int(enc[key]) < 1:
@@ -70,7 +51,8 @@ def _validate(cfg: DictConfig) -> None:
                 f"{where}.dim_head must be a multiple of 4 (rotary time embeddings rotate "
                 f"half of each head in pairs), got {dim_head}; e.g. {4 * max(1, int(dim_head) // 4)}."
             )
-    if "CaPOYO" in str(enc._target_) and int(enc.dim) % 2:
+    reads = encoder_class(cfg.model).modality
+    if reads is Modality.VALUES and int(enc.dim) % 2:
         raise ValueError(
             f"model.encoder.dim must be even for CaPOYO (half value embedding, half unit "
             f"embedding), got {enc.dim}."
@@ -100,13 +82,12 @@ def _validate(cfg: DictConfig) -> None:
     MaskingController(**OmegaConf.to_container(cfg.masking, resolve=True))  # checks ratios
     set_attention_backend(cfg.get("attention_backend", "sdpa"))
     check_train_seconds(cfg.data.get("train_seconds"))
-    if cfg.task.name == "adapt_session":
-        if cfg.task.init not in INIT_MODES:
-            raise ValueError(f"task.init must be one of {list(INIT_MODES)}, got {cfg.task.init!r}.")
-        check_adaptation_source(cfg.get("init_from"))
-    wants_values = "CaPOYO" in str(enc._target_)
-    # task=evaluate reads its models from checkpoints (checked against the data when loaded)
-    if cfg.task.name != "evaluate" and wants_values != (cfg.data.modality == "values"):
+    if task.check is not None:
+        task.check(cfg)
+    data_modality = Modality.parse(cfg.data.modality)
+    # a task without a build (evaluate, reconstruct) reads its models from checkpoints, checked
+    # against the data when they are loaded
+    if task.build is not None and reads is not data_modality:
         raise ValueError(
             f"model.encoder ({enc._target_}) and data.modality ({cfg.data.modality!r}) disagree: "
             "POYO reads spikes (data.modality=spikes), CaPOYO reads continuous values "
@@ -149,11 +130,6 @@ def run_info() -> dict[str, Any]:
     }
 
 
-#: checkpoint kind each training task writes (and resumes from)
-_KIND_OF_TASK = {"pretrain": "masked", "adapt_session": "masked", "align": "alignment",
-                 "finetune": "alignment", "adapter": "adapter"}
-
-
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -164,16 +140,18 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_resume(cfg: DictConfig) -> None:
+def _check_resume(cfg: DictConfig, task: Task) -> None:
     """``resume_from`` must be a checkpoint of this task, with the model this config describes."""
     meta = read_checkpoint_meta(cfg.resume_from)
-    task = cfg.task.name
-    if meta["kind"] != _KIND_OF_TASK[task]:
+    if task.checkpoint_kind is None:
+        raise ValueError(f"task={task.name} does not train: resume_from does not apply to it.")
+    if meta["kind"] != task.checkpoint_kind:
         raise ValueError(
-            f"resume_from={cfg.resume_from} is a {meta['kind']!r} checkpoint, but task={task} "
-            f"writes {_KIND_OF_TASK[task]!r} ones: resume a run with the task that wrote it."
+            f"resume_from={cfg.resume_from} is a {meta['kind']!r} checkpoint, but "
+            f"task={task.name} writes {task.checkpoint_kind!r} ones: resume a run with the task "
+            "that wrote it."
         )
-    if task == "pretrain":
+    if task.resume_needs_same_model:
         saved = _flatten(meta["model"])
         current = _flatten(OmegaConf.to_container(cfg.model, resolve=True))
         diff = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k))
@@ -186,25 +164,40 @@ def _check_resume(cfg: DictConfig) -> None:
 
 
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """CSV and TensorBoard always; Weights & Biases when ``wandb_project`` is set."""
-    loggers = [
-        CSVLogger(run_dir, name="logs", version=""),
-        TensorBoardLogger(run_dir, name="tensorboard", version=""),
-    ]
-    if cfg.get("wandb_project"):
+    """The loggers of ``cfg.logger`` (``configs/logger/``), each writing under ``run_dir``."""
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None:
+            continue
         try:
-            from lightning.pytorch.loggers import WandbLogger
-
-            loggers.append(WandbLogger(project=cfg.wandb_project, save_dir=run_dir))
+            loggers.append(instantiate(node, save_dir=str(run_dir)))
         except ModuleNotFoundError as err:
             raise ModuleNotFoundError(
-                "wandb_project is set but wandb is not installed: pip install -e '.[wandb]'."
+                f"logger.{name} needs a package that is not installed ({err.name}); for "
+                "Weights & Biases: pip install -e '.[wandb]'."
             ) from err
     return loggers
 
 
-def _module_for_test(cfg: DictConfig, module: L.LightningModule, trainer: L.Trainer,
-                     last_ckpt: str) -> L.LightningModule:
+def _callbacks(cfg: DictConfig) -> list[Callback]:
+    """The callbacks of ``cfg.callbacks`` (``configs/callbacks/``) and, with
+    ``task.ema_decay``, the moving average of the weights (:class:`EMAWeights`).
+
+    A progress bar is left out when ``trainer.enable_progress_bar`` is false (Lightning
+    refuses both together).
+    """
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()
+                 if node is not None]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    decay = cfg.task.get("ema_decay")
+    if decay is not None:
+        callbacks.append(EMAWeights(decay=float(decay)))
+    return callbacks
+
+
+def _module_for_test(cfg: DictConfig, task: Task, module: L.LightningModule,
+                     trainer: L.Trainer, last_ckpt: Path | None) -> L.LightningModule:
     """The fitted module; under FSDP a freshly built one holding ``last_ckpt``'s full weights.
 
     After ``fit`` an FSDP-wrapped module keeps only this rank's flat shard in its parameters,
@@ -213,28 +206,10 @@ def _module_for_test(cfg: DictConfig, module: L.LightningModule, trainer: L.Trai
     if not isinstance(trainer.strategy, FSDPStrategy):
         return module
     trainer.strategy.barrier()
-    fresh, _ = _BUILDERS[cfg.task.name](cfg)
+    fresh, _ = task.build(cfg)
     state = torch.load(last_ckpt, map_location="cpu", weights_only=True)["state_dict"]
     fresh.load_state_dict(state, strict=fresh.strict_loading)
     return fresh
-
-
-class _LastCheckpoint(ModelCheckpoint):
-    """``last.ckpt`` every ``every_n_train_steps`` steps and at the final step.
-
-    Lightning's callback saves at training end only when it has saved nothing before, so a run
-    whose ``max_steps`` is not a multiple of the interval would keep the weights of the last
-    multiple in ``last.ckpt``. Saving at the final batch (after the EMA update of that step, and
-    before the EMA callback copies the average into the module at training end) keeps the
-    checkpoint equal to what the test scores.
-    """
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
-        final = 0 < trainer.max_steps <= trainer.global_step
-        if (final and self._last_global_step_saved != trainer.global_step
-                and not self._should_skip_saving_checkpoint(trainer)):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 def _check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
@@ -248,81 +223,39 @@ def _check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
-class _EMAWeights(EMAWeightAveraging):
-    """Lightning's EMA callback, resuming with torch_brain's vocabularies intact.
-
-    Loading an ``InfiniteVocabEmbedding`` pops the words out of the incoming vocabulary dict in
-    place. Lightning restores the module from ``checkpoint["state_dict"]`` (the average) before
-    this callback loads the averaged model from the same, by then empty, dicts; they are
-    restored here from the current-model state, which holds the same vocabularies.
-    """
-
-    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
-        current = checkpoint.get("current_model_state")
-        if current is not None:
-            for key, value in current.items():
-                if key.endswith(".vocab") and value is not None:
-                    checkpoint["state_dict"][key] = value.copy()
-        super().on_load_checkpoint(trainer, pl_module, checkpoint)
-
-
-def _weight_averaging(cfg: DictConfig) -> list[EMAWeightAveraging]:
-    """``task.ema_decay``: an exponential moving average of the weights, updated every step.
-
-    Validation, the test and ``last.ckpt``'s ``state_dict`` use the averaged weights; the
-    checkpoint also keeps the current ones (``current_model_state``), so a run resumes exactly.
-    """
-    decay = cfg.task.get("ema_decay")
-    return [] if decay is None else [_EMAWeights(decay=float(decay))]
-
-
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
-    """Train, test and write ``run_dir/metrics.json`` and ``run_dir/checkpoints/last.ckpt``."""
-    _validate(cfg)
+    """Run ``cfg.task``: train, test and write ``run_dir/metrics.json`` and
+    ``run_dir/checkpoints/last.ckpt`` (a task that does not train writes its own outputs)."""
+    task = get_task(cfg.task)
+    _validate(cfg, task)
     if cfg.get("resume_from"):
-        _check_resume(cfg)
+        _check_resume(cfg, task)
     run_dir = Path(run_dir)
     _check_run_dir(cfg, run_dir)
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir / "run_info.json", run_info())
     L.seed_everything(int(cfg.seed), workers=True)
-    if cfg.task.name == "reconstruct":
-        return run_reconstruction(cfg, run_dir)
-    if cfg.task.name == "evaluate":
-        return run_evaluation(cfg, run_dir)
-    module, dm = _BUILDERS[cfg.task.name](cfg)
-
-    # last.ckpt only, rewritten atomically every val_check_interval steps and at the end
-    ckpt = _LastCheckpoint(
-        dirpath=run_dir / "checkpoints",
-        save_last=True,
-        save_top_k=0,
-        every_n_train_steps=int(cfg.trainer.val_check_interval),
-        enable_version_counter=False,
-    )
+    if task.run is not None:
+        return task.run(cfg, run_dir)
+    module, dm = task.build(cfg)
     trainer = L.Trainer(
         **OmegaConf.to_container(cfg.trainer, resolve=True),
         default_root_dir=run_dir,
         logger=_loggers(cfg, run_dir),
-        callbacks=[ckpt, LearningRateMonitor(logging_interval="step")]
-        + ([RichProgressBar()] if cfg.trainer.get("enable_progress_bar", True) else [])
-        + _weight_averaging(cfg),
+        callbacks=_callbacks(cfg),
         plugins=[AtomicCheckpointIO()],
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume_from)
-    module = _module_for_test(cfg, module, trainer, ckpt.last_model_path)
+    last = next((c.last_path for c in trainer.checkpoint_callbacks
+                 if isinstance(c, LastCheckpoint)), None)
+    module = _module_for_test(cfg, task, module, trainer, last)
     results = trainer.test(module, datamodule=dm)[0]
     metrics = {k: float(v) for k, v in results.items()}
     metrics["train/global_step"] = int(trainer.global_step)
     if trainer.is_global_zero:
         write_json_atomic(run_dir / "metrics.json", metrics)
-        if cfg.task.get("plots", False):
-            from neurobridge.training import plots
-
-            if cfg.task.name in ("pretrain", "adapt_session"):
-                plots.save_pretraining_plots(module, dm, run_dir)
-            elif cfg.task.name in ("align", "finetune"):
-                plots.plot_retrieval(module, dm, run_dir / "retrieval.png")
+        if cfg.task.get("plots", False) and task.plots is not None:
+            task.plots(module, dm, run_dir)
     return metrics

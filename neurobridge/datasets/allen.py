@@ -79,9 +79,9 @@ from pathlib import Path
 import numpy as np
 from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries
 
-from neurobridge.data.dataset import SPLITS
+from neurobridge.data.images import IMAGE_FOLDER
+from neurobridge.data.index import SPLITS
 from neurobridge.data.stimuli import presentations_by_split
-from neurobridge.data.synthetic import IMAGE_FOLDER
 from neurobridge.io import atomic_path
 
 __all__ = [

@@ -54,7 +54,7 @@ import numpy as np
 import scipy.io
 from temporaldata import ArrayDict, Data, Interval, RegularTimeSeries
 
-from neurobridge.data.dataset import SPLITS
+from neurobridge.data.index import SPLITS
 from neurobridge.data.stimuli import presentations_by_split
 from neurobridge.io import atomic_path
 

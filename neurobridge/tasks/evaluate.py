@@ -8,13 +8,50 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from neurobridge.data import NeuralDataModule
 from neurobridge.io import write_json_atomic
-from neurobridge.training.builders import build_evaluation
-from neurobridge.training.pretrain import MaskedPretraining
+from neurobridge.models import MaskedModelEnsemble
+from neurobridge.tasks.common import (
+    build_datamodule,
+    build_masking,
+    check_reads_data,
+    check_vocab,
+    fitted_baseline,
+)
+from neurobridge.tasks.pretrain import MaskedPretraining
+from neurobridge.tasks.registry import Task
+from neurobridge.training.checkpoint import load_masked_model
 
-__all__ = ["run_evaluation"]
+__all__ = ["TASK", "build_evaluation", "run_evaluation"]
 
 log = logging.getLogger(__name__)
+
+
+def build_evaluation(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
+    """Data module and test-only module for ``task=evaluate``.
+
+    ``task.checkpoints`` names one or more masked-model checkpoints (pretraining or
+    ``adapt_session``; the masked model of an alignment or adapter checkpoint works too)
+    trained on the data's recordings; several are scored as a :class:`MaskedModelEnsemble`.
+    """
+    paths = cfg.task.get("checkpoints")
+    if isinstance(paths, str):
+        paths = [paths]
+    if not paths:
+        raise ValueError(
+            "task=evaluate needs task.checkpoints=[<last.ckpt of a pretraining run>, ...] "
+            "(one checkpoint, or several to score their ensemble)."
+        )
+    dm = build_datamodule(cfg, stimulus=False)
+    members = []
+    for path in paths:
+        model = load_masked_model(path)
+        check_reads_data(model, dm, str(path))
+        check_vocab(model, dm, str(path))
+        members.append(model)
+    ensemble = MaskedModelEnsemble(members, names=[str(p) for p in paths]).eval()
+    dm.tokenizer = dm.masked_tokenizer(ensemble.encoder, build_masking(cfg))
+    return MaskedPretraining(model=ensemble, baseline=fitted_baseline(cfg.task, dm)), dm
 
 
 def _test(module: L.LightningModule, dm, cfg: DictConfig) -> dict[str, float]:
@@ -53,3 +90,6 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     metrics["n_members"] = float(len(members))
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
+
+
+TASK = Task(name="evaluate", run=run_evaluation)

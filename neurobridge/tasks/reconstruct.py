@@ -11,7 +11,11 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from PIL import Image
 
-from neurobridge.alignment import build_clip_image_encoder, two_way_identification
+from neurobridge.alignment import (
+    build_clip_image_encoder,
+    mean_test_embeddings,
+    two_way_identification,
+)
 from neurobridge.data import ImagePixels, StimulusTokenizer, open_image_source
 from neurobridge.generation import (
     IPAdapterConditioning,
@@ -21,11 +25,11 @@ from neurobridge.generation import (
     ssim,
 )
 from neurobridge.io import write_json_atomic
-from neurobridge.training.align import mean_test_embeddings
-from neurobridge.training.builders import build_datamodule, build_tokenizer
+from neurobridge.tasks.common import build_datamodule, build_masking
+from neurobridge.tasks.registry import Task
 from neurobridge.training.checkpoint import load_adapter, read_checkpoint_kind
 
-__all__ = ["run_reconstruction"]
+__all__ = ["TASK", "run_reconstruction"]
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +65,7 @@ def run_reconstruction(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]
 
     dm = build_datamodule(cfg, stimulus=True)
     dm.tokenizer = StimulusTokenizer(
-        build_tokenizer(cfg, aligned.encoder, dm),
+        dm.masked_tokenizer(aligned.encoder, build_masking(cfg)),
         dm.image_rows,
     )
     ids, neural = mean_test_embeddings(aligned, dm, device)
@@ -110,3 +114,6 @@ def run_reconstruction(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]
     write_json_atomic(run_dir / "metrics.json", metrics)
     log.info("Reconstructions of %d test images written to %s", len(ids), run_dir)
     return metrics
+
+
+TASK = Task(name="reconstruct", run=run_reconstruction)

@@ -52,7 +52,9 @@ import numpy as np
 from scipy.signal import lfilter
 from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries, RegularTimeSeries
 
-from neurobridge.data import synthetic_visual
+from neurobridge.data.images import IMAGE_FOLDER
+from neurobridge.data.index import SPLITS
+from neurobridge.datasets import synthetic_visual
 from neurobridge.io import atomic_path, write_json_atomic
 
 __all__ = [
@@ -69,7 +71,6 @@ __all__ = [
     "synthetic_image_ids",
     "synthetic_images",
     "write_synthetic_images",
-    "IMAGE_FOLDER",
     "MODALITIES",
     "STIMULUS_FIELD",
 ]
@@ -82,7 +83,6 @@ _GENERATOR_VERSION = 1
 _BURN_IN = 300  # samples simulated and discarded before t = 0
 _INPUT_TAU = 0.05  # s, low-pass time constant of the noise driving the latents
 _GLOBAL_TAU = 1.0  # s, time constant of the shared global latent
-SPLITS = ("train", "valid", "test")
 _SPLIT_PATTERN = ("train",) * 7 + ("valid",) + ("test",) * 2
 _MANIFEST = "synthetic_config.json"
 #: Modalities of :class:`SyntheticConfig` (``"mixed"``: spiking and MUA sessions).
@@ -92,7 +92,6 @@ STIMULI = ("none", "images")
 #: Name of the Interval of stimulus presentations (``start``, ``end``, ``image_id``).
 STIMULUS_FIELD = "stimulus_presentations"
 #: Sub-folder of a generated data folder that holds the images (``<split>/<nnnn>.png``).
-IMAGE_FOLDER = "images"
 
 
 @dataclass(frozen=True)
@@ -145,7 +144,7 @@ class SyntheticConfig:
         Recording ids are ``f"{recording_prefix}_s{k:02d}"``.
     stimulus : str
         ``"none"``, or ``"images"``: every session watches procedural images (see
-        :mod:`neurobridge.data.synthetic_visual`) and the units respond to their content.
+        :mod:`neurobridge.datasets.synthetic_visual`) and the units respond to their content.
     n_train_images, n_valid_images, n_test_images : int
         Sizes of the three disjoint image sets (``stimulus="images"``). Presentations in a
         train / valid / test block show an image of that set, so repeated presentations of an

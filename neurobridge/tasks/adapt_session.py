@@ -9,22 +9,39 @@ them.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+from omegaconf import DictConfig
 from torch import nn
 from torch_brain.nn import InfiniteVocabEmbedding
 
+from neurobridge.data import NeuralDataModule
 from neurobridge.models import MaskedModel
+from neurobridge.tasks.common import build_datamodule, check_reads_data
+from neurobridge.tasks.pretrain import (
+    CHECKPOINT_KIND,
+    MaskedPretraining,
+    masked_pretraining,
+    save_pretraining_plots,
+)
+from neurobridge.tasks.registry import Task
+from neurobridge.training.checkpoint import load_masked_model, read_checkpoint_kind
 
 __all__ = [
     "INIT_MODES",
+    "TASK",
     "AddedWords",
     "PinnedRowsEmbedding",
+    "build_session_adaptation",
+    "check_adaptation_source",
     "extend_vocab",
     "freeze_for_adaptation",
 ]
+
+log = logging.getLogger(__name__)
 
 #: How the rows of new units / sessions start: ``"random"``, torch_brain's small normal
 #: initialisation (std ``init_scale``), or ``"mean"`` of the known rows (every new unit starts
@@ -178,3 +195,73 @@ def freeze_for_adaptation(
         for n in hits:
             names[n].requires_grad_(True)
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def check_adaptation_source(init_from) -> None:
+    """``init_from`` must name a pretraining (``masked``) checkpoint."""
+    if not init_from:
+        raise ValueError(
+            "task=adapt_session needs init_from=<checkpoint of task=pretrain> (e.g. "
+            "outputs/pretrain/<date>/checkpoints/last.ckpt): it adapts a pretrained model to "
+            "new recordings."
+        )
+    kind = read_checkpoint_kind(init_from)
+    if kind != CHECKPOINT_KIND:
+        raise ValueError(
+            f"init_from={init_from} is an {kind!r} checkpoint; task=adapt_session adapts a "
+            "pretraining checkpoint (task=pretrain, or an earlier task=adapt_session run)."
+        )
+
+
+def _check(cfg: DictConfig) -> None:
+    if cfg.task.init not in INIT_MODES:
+        raise ValueError(f"task.init must be one of {list(INIT_MODES)}, got {cfg.task.init!r}.")
+    check_adaptation_source(cfg.get("init_from"))
+
+
+def build_session_adaptation(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
+    """Data module and LightningModule for ``task=adapt_session``.
+
+    The masked model of ``init_from`` (a pretraining checkpoint) gets the data's new units and
+    sessions added to its vocabularies (``task.init``) and is frozen except their new rows
+    (and the ``task.unfreeze`` prefixes); it trains with the masked-pretraining objective and
+    metrics, and its checkpoint is a pretraining one with the extended vocabularies.
+    """
+    init_from = cfg.get("init_from")
+    check_adaptation_source(init_from)
+    model, model_config = load_masked_model(init_from, with_config=True)
+    dm = build_datamodule(cfg, stimulus=False)
+    check_reads_data(model, dm, f"init_from={init_from}")
+    task = cfg.task
+    added = extend_vocab(model, dm.unit_ids, dm.session_ids, init=str(task.init))
+    if not added.units and not added.sessions:
+        raise ValueError(
+            f"Every unit and session of the data is already in the vocabulary of {init_from}: "
+            "task=adapt_session learns embeddings for new recordings. To train further on "
+            "known recordings, continue the pretraining run (task=pretrain "
+            "resume_from=<its last.ckpt>)."
+        )
+    known = [rid for rid, sid in zip(dm.dataset.recording_ids, dm.session_ids)
+             if sid not in added.sessions]
+    if known:
+        log.warning("Recordings %s are already known to %s: their rows stay frozen.", known,
+                    init_from)
+    trainable = freeze_for_adaptation(model, added, list(task.get("unfreeze") or ()))
+    model.train()  # load_masked_model returns eval mode; train as pretraining did
+    log.info(
+        "Adapting %s to %d new units and %d new sessions; trainable: %s",
+        init_from, len(added.units), len(added.sessions), trainable,
+    )
+    return masked_pretraining(cfg, model, dm, model_config), dm
+
+
+TASK = Task(
+    name="adapt_session",
+    build=build_session_adaptation,
+    checkpoint_kind=CHECKPOINT_KIND,
+    check=_check,
+    plots=save_pretraining_plots,
+)

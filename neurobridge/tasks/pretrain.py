@@ -1,4 +1,4 @@
-"""LightningModule for multi-task masked pretraining."""
+"""``task=pretrain``: multi-task masked pretraining (its LightningModule and how it is built)."""
 
 from __future__ import annotations
 
@@ -6,23 +6,40 @@ import math
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import Tensor
 
 from neurobridge.baselines import SmoothingGLMBaseline
-from neurobridge.data.tokenizer import VALUE_SOURCES
+from neurobridge.data import MaskedBatch, MaskedTokenizer, NeuralDataModule
+from neurobridge.data.spike_values import VALUE_SOURCES
 from neurobridge.losses import masked_mse, masked_poisson_nll
 from neurobridge.masking import MASKING_MODES
 from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate
-from neurobridge.models import MaskedModel, MaskedModelEnsemble
+from neurobridge.modality import Modality
+from neurobridge.models import MaskedModel, MaskedModelEnsemble, build_masked_model
+from neurobridge.tasks.common import build_datamodule, build_masking, container, fitted_baseline
+from neurobridge.tasks.registry import Task
 from neurobridge.training.checkpoint import CHECKPOINT_KEY, checkpoint_payload
 from neurobridge.training.optim import configure_optimization
 
-__all__ = ["MaskedPretraining", "SOURCE_GROUPS"]
+__all__ = [
+    "CHECKPOINT_KIND",
+    "SOURCE_GROUPS",
+    "TASK",
+    "MaskedPretraining",
+    "build_pretraining",
+    "masked_pretraining",
+    "new_masked_model",
+]
+
+#: What a masked-pretraining checkpoint holds (``task=pretrain`` and ``task=adapt_session``).
+CHECKPOINT_KIND = "masked"
 
 #: Names under which a values run that reads spiking recordings too (``data.spike_values``)
 #: also reports losses and metrics per kind of recording, pooled over modes, in the order of
-#: :data:`~neurobridge.data.tokenizer.VALUE_SOURCES`.
+#: :data:`~neurobridge.data.spike_values.VALUE_SOURCES`.
 SOURCE_GROUPS = tuple(
     {"value_series": "value_recordings", "spikes": "spike_recordings"}[s] for s in VALUE_SOURCES
 )
@@ -46,8 +63,9 @@ class MaskedPretraining(L.LightningModule):
             ``None`` for a module that only evaluates.
         scheduler: ``{"name": "cosine" | "onecycle" | "none", "warmup_frac": float}``.
         total_steps: optimiser steps of the run (for the schedule).
-        baseline: ``{"sigma_bins": float, "l2": float}`` of the smoothing baseline, or ``None``
-            to skip it.
+        baseline: the smoothing baseline, fitted on the training split of every session the
+            test scores (keyed by session id; :func:`neurobridge.tasks.common.fitted_baseline`),
+            or ``None`` to skip it.
         model_config: the resolved ``model`` config, stored in every checkpoint so that
             :func:`neurobridge.training.load_masked_model` can rebuild the model without data.
         unmasked_weight: weight of the loss on decoded unmasked cells (``query_visible``).
@@ -60,7 +78,7 @@ class MaskedPretraining(L.LightningModule):
         optimizer: dict | None = None,
         scheduler: dict | None = None,
         total_steps: int | None = None,
-        baseline: dict | None = None,
+        baseline: SmoothingGLMBaseline | None = None,
         model_config: dict | None = None,
         unmasked_weight: float = 1.0,
     ):
@@ -74,11 +92,9 @@ class MaskedPretraining(L.LightningModule):
         self.optimizer_cfg = dict(optimizer) if optimizer is not None else None
         self.scheduler_cfg = dict(scheduler) if scheduler is not None else None
         self.total_steps = total_steps
-        self.baseline_cfg = dict(baseline) if baseline is not None else None
+        self.baseline = baseline
         self.model_config = model_config
-        self.baseline: SmoothingGLMBaseline | None = None
-        self._baseline_fitted: set[str] = set()  # recordings the baseline was fitted on
-        self.is_spiking = model.modality == "spikes"
+        self.is_spiking = model.modality is Modality.SPIKES
         num_units = len(model.encoder.unit_emb.vocab)
         metric_cls = CoBPS if self.is_spiking else MaskedR2
         whos = ("model", "baseline", "oracle") if self.is_spiking else ("model", "oracle")
@@ -90,7 +106,7 @@ class MaskedPretraining(L.LightningModule):
         )
 
     # ------------------------------------------------------------------ core
-    def forward(self, batch: dict) -> Tensor:
+    def forward(self, batch: MaskedBatch) -> Tensor:
         return self.model(
             encoder_inputs=batch["encoder_inputs"],
             query_unit_index=batch["query_unit_index"],
@@ -99,12 +115,12 @@ class MaskedPretraining(L.LightningModule):
             mode_index=batch["mode"],
         )
 
-    def loss(self, pred: Tensor, batch: dict, weight: Tensor) -> Tensor:
+    def loss(self, pred: Tensor, batch: MaskedBatch, weight: Tensor) -> Tensor:
         if self.is_spiking:
             return masked_poisson_nll(pred, batch["target"], weight)
         return masked_mse(pred, batch["target"], weight)
 
-    def _mode_losses(self, pred: Tensor, batch: dict, stage: str) -> Tensor:
+    def _mode_losses(self, pred: Tensor, batch: MaskedBatch, stage: str) -> Tensor:
         mask = batch["query_mask"]
         loss = self.loss(pred, batch, mask)
         bs = mask.shape[0]
@@ -122,7 +138,7 @@ class MaskedPretraining(L.LightningModule):
                          sync_dist=stage != "train")
         return loss
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+    def training_step(self, batch: MaskedBatch, batch_idx: int) -> Tensor:
         pred = self(batch)
         loss = self._mode_losses(pred, batch, "train")
         visible = batch.get("query_visible")
@@ -141,7 +157,7 @@ class MaskedPretraining(L.LightningModule):
         return loss
 
     # ------------------------------------------------------------ evaluation
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
+    def validation_step(self, batch: MaskedBatch, batch_idx: int) -> None:
         pred = self(batch)
         self._mode_losses(pred, batch, "val")
         self._update_metrics("model", pred, batch)
@@ -149,7 +165,7 @@ class MaskedPretraining(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         self._log_metrics("val", whos=("model",))
 
-    def test_step(self, batch: dict, batch_idx: int) -> None:
+    def test_step(self, batch: MaskedBatch, batch_idx: int) -> None:
         pred = self(batch)
         self._mode_losses(pred, batch, "test")
         self._update_metrics("model", pred, batch)
@@ -158,13 +174,13 @@ class MaskedPretraining(L.LightningModule):
         if bool(has_truth.all()):
             oracle = log_rate_from_rate(truth) if self.is_spiking else truth
             self._update_metrics("oracle", oracle, batch)
-        if self.is_spiking and self.baseline_cfg is not None:
+        if self.is_spiking and self.baseline is not None:
             self._update_metrics("baseline", self._baseline_log_rates(batch), batch)
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", whos=("model", "baseline", "oracle"))
 
-    def _update_metrics(self, who: str, pred: Tensor, batch: dict) -> None:
+    def _update_metrics(self, who: str, pred: Tensor, batch: MaskedBatch) -> None:
         mask = batch["query_mask"]
         for i, mode in enumerate(MASKING_MODES):
             sel = (batch["mode"] == i)[:, None] & mask
@@ -201,23 +217,16 @@ class MaskedPretraining(L.LightningModule):
                      prog_bar=(who == "model" and mode == "all"))
             metric.reset()
 
-    def _baseline_log_rates(self, batch: dict) -> Tensor:
-        """Smoothing-baseline log-rates at the batch's query cells (fitted on the train split)."""
-        dm = self.trainer.datamodule
-        if self.baseline is None:
-            self.baseline = SmoothingGLMBaseline(**self.baseline_cfg)
+    def _baseline_log_rates(self, batch: MaskedBatch) -> Tensor:
+        """Smoothing-baseline log-rates ``[B, Q]`` at the batch's query cells."""
         out = torch.zeros_like(batch["target"])
         vocab = self.model.encoder.session_emb
         for b in range(batch["target"].shape[0]):
             sid = vocab.detokenizer(int(batch["session_index"][b]))
-            rid = dm.recording_of_session[sid]
-            if rid not in self._baseline_fitted:
-                self.baseline.fit_recording(rid, dm.train_counts(rid))
-                self._baseline_fitted.add(rid)
             n_units = int((batch["grid_unit_index"][b] > 0).sum())
             grid = batch["grid"][b, :n_units].T.cpu().numpy()
             mask = batch["grid_mask"][b, :n_units].T.cpu().numpy()
-            log_rate = self.baseline.predict_log_rate(rid, grid, mask)
+            log_rate = self.baseline.predict_log_rate(sid, grid, mask)
             q = batch["query_mask"][b]
             qb = batch["query_bin"][b][q].cpu().numpy()
             qu = batch["query_unit"][b][q].cpu().numpy()
@@ -226,7 +235,7 @@ class MaskedPretraining(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         if self.model_config is not None:
-            checkpoint[CHECKPOINT_KEY] = checkpoint_payload(self.model_config)
+            checkpoint[CHECKPOINT_KEY] = checkpoint_payload(self.model_config, CHECKPOINT_KIND)
 
     # ------------------------------------------------------------ optimiser
     def configure_optimizers(self) -> Any:
@@ -238,3 +247,66 @@ class MaskedPretraining(L.LightningModule):
         )
 
 
+# ----------------------------------------------------------------------------- building
+
+
+def _mean_target(dm: NeuralDataModule, tokenizer: MaskedTokenizer, n_windows: int = 32) -> float:
+    """Mean grid value over a few training windows (initialises the decoder's output bias)."""
+    sampler = dm.eval_sampler("train", max_windows=n_windows)
+    values = []
+    for index in list(sampler)[:: len(dm.eval_modes)]:
+        window = dm.dataset.get_recording(index.recording_id).slice(index.start, index.end)
+        values.append(tokenizer.grid_targets(window, len(window.units.id))[0].mean())
+    return float(np.mean(values))
+
+
+def new_masked_model(cfg: DictConfig, dm: NeuralDataModule) -> MaskedModel:
+    """A freshly initialised ``cfg.model`` with vocabularies from ``dm``'s recordings and the
+    decoder's output bias at the data's mean (log mean count per bin for spikes)."""
+    model = build_masked_model(container(cfg.model), unit_ids=dm.unit_ids,
+                               session_ids=dm.session_ids)
+    mean = _mean_target(dm, dm.masked_tokenizer(model.encoder, build_masking(cfg)))
+    init_bias = math.log(max(mean, 1e-3)) if model.modality is Modality.SPIKES else mean
+    torch.nn.init.constant_(model.decoder.head.bias, init_bias)
+    return model
+
+
+def masked_pretraining(
+    cfg: DictConfig, model: MaskedModel, dm: NeuralDataModule, model_config: dict
+) -> MaskedPretraining:
+    """Attach ``model``'s tokenizer to ``dm`` and wrap ``model`` in the pretraining module,
+    optimised as ``cfg.task`` says, with the task's smoothing baseline."""
+    dm.tokenizer = dm.masked_tokenizer(model.encoder, build_masking(cfg))
+    task = cfg.task
+    return MaskedPretraining(
+        model=model,
+        optimizer=container(task.optimizer),
+        scheduler=container(task.scheduler),
+        total_steps=int(cfg.trainer.max_steps),
+        baseline=fitted_baseline(task, dm),
+        model_config=model_config,
+        unmasked_weight=float(task.get("unmasked_weight", 1.0)),
+    )
+
+
+def build_pretraining(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModule]:
+    """Data module (set up, tokenizer attached) and LightningModule for ``task=pretrain``."""
+    dm = build_datamodule(cfg, stimulus=False)
+    model = new_masked_model(cfg, dm)
+    return masked_pretraining(cfg, model, dm, container(cfg.model)), dm
+
+
+def save_pretraining_plots(module: MaskedPretraining, dm: NeuralDataModule, run_dir) -> None:
+    """``loss_curves.png`` and ``masked_rates.png`` (see :mod:`neurobridge.training.plots`)."""
+    from neurobridge.training import plots
+
+    plots.save_pretraining_plots(module, dm, run_dir)
+
+
+TASK = Task(
+    name="pretrain",
+    build=build_pretraining,
+    checkpoint_kind=CHECKPOINT_KIND,
+    plots=save_pretraining_plots,
+    resume_needs_same_model=True,
+)

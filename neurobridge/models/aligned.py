@@ -6,12 +6,13 @@ import torch.nn as nn
 from torch import Tensor
 
 from neurobridge.alignment.readout import LatentReadout, NeuralProjector
-from neurobridge.models import MaskedModel
+from neurobridge.models.masked_model import MaskedModel
+from neurobridge.models.shareable import Shareable
 
 __all__ = ["AlignmentModel"]
 
 
-class AlignmentModel(nn.Module):
+class AlignmentModel(Shareable, nn.Module):
     """Encoder latents → readout queries → projector → a CLIP-space embedding.
 
     The masked model (encoder + target decoder) is kept whole: ``finetune`` adds the masked
@@ -28,6 +29,8 @@ class AlignmentModel(nn.Module):
         self.masked_model = masked_model
         self.readout = readout
         self.projector = projector
+
+    pretrained_kind = "alignment_model"
 
     @property
     def encoder(self) -> nn.Module:

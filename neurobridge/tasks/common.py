@@ -1,0 +1,104 @@
+"""What several tasks build the same way: the data module, the masking controller, the
+smoothing baseline, and the checks of a loaded model against the data."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from neurobridge.baselines import SmoothingGLMBaseline
+from neurobridge.data import NeuralDataModule, StimulusDataModule, default_cache_dir
+from neurobridge.masking import MaskingController
+from neurobridge.models import MaskedModel
+
+__all__ = [
+    "STIMULUS_OPTIONS",
+    "build_datamodule",
+    "build_masking",
+    "check_reads_data",
+    "check_vocab",
+    "container",
+    "fitted_baseline",
+]
+
+#: ``data`` options that only stimulus-locked tasks (align, finetune, adapter, reconstruct) use.
+STIMULUS_OPTIONS = ("stimulus_key", "pre_onset", "post_onset", "images")
+
+
+def container(node) -> dict:
+    """A config node as a plain, resolved dict (``{}`` for ``None``)."""
+    return OmegaConf.to_container(node, resolve=True) if node is not None else {}
+
+
+def _synthetic_root(synthetic: dict):
+    """The cached folder of the built-in synthetic recordings ``data.synthetic`` describes
+    (generated on first use)."""
+    from neurobridge.datasets.synthetic import SyntheticConfig, ensure_synthetic_recordings
+
+    config = SyntheticConfig(**{k: (tuple(v) if isinstance(v, list) else v)
+                                for k, v in synthetic.items()})
+    return ensure_synthetic_recordings(default_cache_dir() / "synthetic", config)
+
+
+def build_datamodule(cfg: DictConfig, *, stimulus: bool) -> NeuralDataModule:
+    """Random windows (``stimulus=False``) or stimulus-locked windows, set up.
+
+    ``data.synthetic`` (when ``data.root`` is null) names the built-in synthetic recordings.
+    """
+    kwargs = container(cfg.data)
+    kwargs.pop("_target_", None)
+    synthetic = kwargs.pop("synthetic", None)
+    if kwargs.get("root") is None and synthetic is not None:
+        kwargs["root"] = _synthetic_root(synthetic)
+    extra = {k: kwargs.pop(k) for k in STIMULUS_OPTIONS if k in kwargs}
+    dm = StimulusDataModule(**kwargs, **extra) if stimulus else NeuralDataModule(**kwargs)
+    dm.setup()
+    return dm
+
+
+def build_masking(cfg: DictConfig) -> MaskingController:
+    """The masking controller of ``cfg.masking``."""
+    return MaskingController(**container(cfg.masking))
+
+
+def fitted_baseline(task_cfg: DictConfig, dm: NeuralDataModule) -> SmoothingGLMBaseline | None:
+    """The smoothing baseline of ``task.baseline`` fitted on ``dm``'s training split (one per
+    session), or ``None`` when ``task.baseline`` is null or the data are values."""
+    cfg = task_cfg.get("baseline")
+    if not cfg or dm.modality != "spikes":
+        return None
+    baseline = SmoothingGLMBaseline(**container(cfg))
+    for session_id, recording_id in dm.recording_of_session.items():
+        baseline.fit_recording(session_id, dm.train_counts(recording_id))
+    return baseline
+
+
+def check_reads_data(model: MaskedModel, dm: NeuralDataModule, source: str) -> None:
+    """``model`` (loaded from ``source``) reads ``dm``'s modality and window length."""
+    enc = model.encoder
+    if model.modality != dm.modality:
+        raise ValueError(
+            f"{source} holds a {type(enc).__name__} encoder (data.modality="
+            f"{model.modality}), but data.modality is {dm.modality.value!r}."
+        )
+    if abs(enc.sequence_length - dm.sequence_length) > 1e-9:
+        raise ValueError(
+            f"{source} was trained on {enc.sequence_length:g} s windows but "
+            f"data.sequence_length is {dm.sequence_length:g}: set "
+            f"model.encoder.sequence_length={enc.sequence_length:g}."
+        )
+
+
+def check_vocab(model: MaskedModel, dm: NeuralDataModule, path: str) -> None:
+    """Every unit and session of ``dm`` is in the vocabularies of ``model`` (from ``path``)."""
+    known_units = set(model.encoder.unit_emb.vocab)
+    missing = [u for u in dm.unit_ids if u not in known_units]
+    known_sessions = set(model.encoder.session_emb.vocab)
+    missing += [s for s in dm.session_ids if s not in known_sessions]
+    if missing:
+        raise ValueError(
+            f"{len(missing)} units/sessions of the data are not in the vocabulary of {path} "
+            f"(e.g. {missing[:3]}). Select the recordings the checkpoint was pretrained on "
+            "(data.recording_ids=[...]), or first adapt the pretrained model to the new "
+            "recordings with task=adapt_session init_from=<pretraining checkpoint> and use "
+            "its checkpoint."
+        )

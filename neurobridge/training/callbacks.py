@@ -1,0 +1,85 @@
+"""Lightning callbacks of a NeuroBridge run (configured in ``configs/callbacks/``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Checkpoint, EMAWeightAveraging
+
+__all__ = ["EMAWeights", "LastCheckpoint"]
+
+
+class LastCheckpoint(Checkpoint):
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` optimiser steps and at the
+    final step, and nothing else.
+
+    Saving at the final batch (after the EMA update of that step, and before the EMA callback
+    copies the average into the module at training end) keeps the checkpoint equal to what
+    the test scores. As a :class:`~lightning.pytorch.callbacks.Checkpoint`, Lightning runs it
+    after every other callback of a step. Files go through the trainer's checkpoint IO
+    (atomic in a NeuroBridge run, :class:`~neurobridge.training.checkpoint.AtomicCheckpointIO`).
+
+    Args:
+        every_n_train_steps: interval in optimiser steps (``trainer.val_check_interval`` in a
+            run).
+        dirpath: folder of ``last.ckpt``; ``None``: ``<trainer.default_root_dir>/checkpoints``.
+    """
+
+    FILENAME = "last.ckpt"
+
+    def __init__(self, *, every_n_train_steps: int, dirpath: str | Path | None = None):
+        if isinstance(every_n_train_steps, bool) or int(every_n_train_steps) < 1:
+            raise ValueError(
+                f"every_n_train_steps must be an integer >= 1, got {every_n_train_steps!r}."
+            )
+        self.every_n_train_steps = int(every_n_train_steps)
+        self.dirpath = Path(dirpath) if dirpath is not None else None
+        self._last_step_saved = 0
+
+    @property
+    def last_path(self) -> Path:
+        """Where ``last.ckpt`` is (or will be) written."""
+        if self.dirpath is None:
+            raise RuntimeError("LastCheckpoint.dirpath is set when the trainer sets it up.")
+        return self.dirpath / self.FILENAME
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if self.dirpath is None:
+            self.dirpath = Path(trainer.default_root_dir) / "checkpoints"
+
+    def _save(self, trainer) -> None:
+        trainer.save_checkpoint(self.last_path, weights_only=False)  # full state: resumable
+        self._last_step_saved = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        step = trainer.global_step
+        if trainer.sanity_checking or trainer.fast_dev_run or step == self._last_step_saved:
+            return
+        final = 0 < trainer.max_steps <= step
+        if final or step % self.every_n_train_steps == 0:
+            self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if not trainer.fast_dev_run and trainer.global_step != self._last_step_saved:
+            self._save(trainer)
+
+
+class EMAWeights(EMAWeightAveraging):
+    """Lightning's EMA callback (``task.ema_decay``), resuming with torch_brain's vocabularies
+    intact.
+
+    Validation, the test and ``last.ckpt``'s ``state_dict`` use the averaged weights; the
+    checkpoint also keeps the current ones (``current_model_state``), so a run resumes exactly.
+    Loading an ``InfiniteVocabEmbedding`` pops the words out of the incoming vocabulary dict in
+    place. Lightning restores the module from ``checkpoint["state_dict"]`` (the average) before
+    this callback loads the averaged model from the same, by then empty, dicts; they are
+    restored here from the current-model state, which holds the same vocabularies.
+    """
+
+    def on_load_checkpoint(self, trainer, pl_module, checkpoint: dict) -> None:
+        current = checkpoint.get("current_model_state")
+        if current is not None:
+            for key, value in current.items():
+                if key.endswith(".vocab") and value is not None:
+                    checkpoint["state_dict"][key] = value.copy()
+        super().on_load_checkpoint(trainer, pl_module, checkpoint)
