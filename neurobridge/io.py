@@ -12,13 +12,20 @@ from pathlib import Path
 __all__ = ["atomic_path", "write_json_atomic"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and rename it over ``path``.
 
     If the block raises (or the process is interrupted), the temporary file is removed and
     ``path`` keeps its previous content. The temporary file lives in the same folder, so the
-    rename is atomic on POSIX file systems.
+    rename is atomic on POSIX file systems. The file gets the permissions of a plain ``open``
+    (``0o666`` minus the umask), not the owner-only ones of a temporary file.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,6 +35,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

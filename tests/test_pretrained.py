@@ -1,6 +1,7 @@
 """Pretrained folders: exact round trips for both model kinds, refusals, checkpoint export."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,8 @@ def test_a_lightning_checkpoint_exports_to_the_same_model(small_recordings, tmp_
     subprocess.run([sys.executable, str(script), "--checkpoint", str(ckpt), "--out",
                     str(tmp_path / "exported")], check=True, capture_output=True)
     _assert_same_state(load_masked_model(ckpt), MaskedModel.from_pretrained(tmp_path / "exported"))
+    # shareable: the files get the permissions of a plain open() (0o666 minus the umask)
+    mask = os.umask(0)
+    os.umask(mask)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "exported" / name).stat().st_mode & 0o777 == 0o666 & ~mask

@@ -39,7 +39,7 @@ def check_spike_values(spike_values, modality: str = "values", zscore: bool = Fa
     if spike_values is not None and modality != "values":
         raise ValueError(
             f"data.spike_values={spike_values} reads spiking recordings as values in a "
-            f"data.modality=values run (CaPOYO); this run has data.modality={modality!r}, "
+            f"data.modality=values run (CaPOYO); this run has data.modality={str(modality)!r}, "
             "which reads spikes as they are: set data.spike_values=null."
         )
     if not isinstance(zscore, (bool, np.bool_)):

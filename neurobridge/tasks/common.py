@@ -8,6 +8,7 @@ from omegaconf import DictConfig, OmegaConf
 from neurobridge.baselines import SmoothingGLMBaseline
 from neurobridge.data import NeuralDataModule, StimulusDataModule, default_cache_dir
 from neurobridge.masking import MaskingController
+from neurobridge.modality import Modality
 from neurobridge.models import MaskedModel
 
 __all__ = [
@@ -64,7 +65,7 @@ def fitted_baseline(task_cfg: DictConfig, dm: NeuralDataModule) -> SmoothingGLMB
     """The smoothing baseline of ``task.baseline`` fitted on ``dm``'s training split (one per
     session), or ``None`` when ``task.baseline`` is null or the data are values."""
     cfg = task_cfg.get("baseline")
-    if not cfg or dm.modality != "spikes":
+    if not cfg or dm.modality is not Modality.SPIKES:
         return None
     baseline = SmoothingGLMBaseline(**container(cfg))
     for session_id, recording_id in dm.recording_of_session.items():
