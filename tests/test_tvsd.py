@@ -452,7 +452,7 @@ def test_script(tvsd_n, tmp_path, capsys):
 
 
 def test_converted_tvsd_feeds_pretraining_and_alignment(tvsd_n, tmp_path):
-    """The README's TVSD overrides: CaPOYO pretraining on one trial per window, then alignment
+    """The TVSD overrides of docs/converters.md: CaPOYO pretraining on one trial per window, then alignment
     against (stand-in) THINGS images stored under their image ids."""
     from hydra import compose, initialize_config_dir
     from PIL import Image

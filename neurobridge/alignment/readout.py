@@ -32,7 +32,8 @@ class LatentReadout(nn.Module):
         sequence_length: window length in seconds, for the default query times.
         heads: attention heads.
         dim_head: width of each head.
-        t_min, t_max: rotary period range in seconds (use the encoder's).
+        t_min: shortest rotary period in seconds (use the encoder's).
+        t_max: longest rotary period in seconds (use the encoder's).
         dropout: attention and feed-forward dropout.
     """
 

@@ -34,8 +34,9 @@ def bin_spikes(
         timestamps: ``[n_spikes]`` spike times in seconds.
         unit_index: ``[n_spikes]`` unit of each spike, in ``[0, num_units)``.
         num_units: number of units (columns of the grid).
-        start, end: the binned interval in seconds; bin ``b`` covers
+        start: start of the binned interval in seconds; bin ``b`` covers
             ``[start + b * bin_size, start + (b + 1) * bin_size)``.
+        end: end of the binned interval in seconds.
         bin_size: bin width in seconds.
 
     Returns:
@@ -64,7 +65,10 @@ def bin_spikes_in_blocks(
     Args:
         blocks: a temporaldata ``Interval`` (or anything with ``start`` / ``end`` arrays), e.g.
             a recording's training split.
-        timestamps, unit_index, num_units, bin_size: as :func:`bin_spikes`.
+        timestamps: as :func:`bin_spikes`.
+        unit_index: as :func:`bin_spikes`.
+        num_units: as :func:`bin_spikes`.
+        bin_size: as :func:`bin_spikes`.
 
     Returns:
         ``[sum of the blocks' bins, num_units]`` float32 counts, block after block.

@@ -339,8 +339,9 @@ class StimulusDataModule(NeuralDataModule):
     Args:
         stimulus_key: Interval of the presentations in each recording (``start``, ``end``,
             ``image_id``).
-        pre_onset, post_onset: seconds of the window before and after onset; they must add up
-            to ``sequence_length`` (the encoder's window).
+        pre_onset: seconds of the window before onset; ``pre_onset + post_onset`` must be
+            ``sequence_length`` (the encoder's window).
+        post_onset: seconds of the window after onset.
         images: image folder or HDF5 image store; by default ``<root>/images`` (where the
             synthetic generator writes them).
     """

@@ -52,7 +52,8 @@ class MaskedTokenizer:
         masking: the masking controller.
         sequence_length: window length in seconds.
         bin_size: grid bin width in seconds.
-        latent_step, num_latents_per_step: the encoder's latent grid.
+        latent_step: the encoder's latent grid step in seconds.
+        num_latents_per_step: the encoder's latents per grid step.
         region_key: field of ``units`` that holds each unit's region.
         value_key: for ``"values"``: ``"<timeseries>.<field>"`` of the regular time series
             holding the channel values, e.g. ``"mua.values"``.

@@ -759,8 +759,10 @@ def convert_allen(
             grandparent of a source file).
         stimulus_table: the intervals table of the presentations.
         filters: the unit filters (:class:`UnitFilters`; AllenSDK defaults).
-        valid_fraction, test_fraction: shares of the scenes (and of the blocks of the rest of
-            each session) that go to valid / test.
+        valid_fraction: share of the scenes (and of the blocks of the rest of each session)
+            that goes to valid.
+        test_fraction: share of the scenes (and of the blocks of the rest of each session)
+            that goes to test.
         block_length: seconds per block of the time outside scene presentations.
         seed: seed of the scene split and of the block draws.
 

@@ -98,64 +98,48 @@ STIMULUS_FIELD = "stimulus_presentations"
 class SyntheticConfig:
     """Parameters of the synthetic data set.
 
-    Attributes
-    ----------
-    n_sessions : int
-        Number of recordings (>= 1); each has its own units and latent trajectory.
-    regions : tuple of str
-        Brain regions, in feed-forward order (region k is driven by region k - 1).
-    units_per_region : int
-        Units (or MUA channels) per region and session (>= 1).
-    duration : float
-        Seconds per session (>= 20), rounded to the 10 ms grid.
-    latent_dim_per_region : int
-        Latent dimensions per region (1..16): pairs form damped rotations, an odd
-        leftover dimension is a slow damped (OU-like) mode.
-    modality : str
-        ``"spikes"`` (Poisson spikes), ``"mua"`` (noisy continuous signal) or ``"mixed"``
-        (session ``k`` spikes for even ``k``, MUA for odd ``k``; see :func:`session_modality`).
-    mua_noise_std : float
-        Std of the Gaussian noise added to ``mua.clean`` (>= 0).
-    seed : int
-        Seed of everything (>= 0). Session ``k`` only depends on ``seed`` and ``k``.
-    unit_count_jitter : int
-        Each (session, region) gets ``units_per_region + U{-j..j}`` units
-        (0 <= j < units_per_region).
-    coupling : float
-        Fraction (0..1) of a downstream region's latent drive that comes from the
-        lagged upstream latents (the rest is private noise).
-    coupling_lag : float
-        Lag in seconds (0..1) of the feed-forward coupling.
-    global_latent_dim : int
-        Dimensions (0..8) of a slow latent shared by all regions.
-    global_weight : float
-        Share (0..1) of each unit's log-rate loading put on the global latent.
-    mean_rate_median : float
-        Median of the per-unit time-averaged rate in Hz (inside ``mean_rate_range``).
-    mean_rate_range : tuple of float
-        (low, high) clip of the per-unit time-averaged rate in Hz, 0 < low < high.
-    log_rate_std_range : tuple of float
-        Per-unit std over time of the log rate is drawn uniformly from this range.
-    max_rate : float
-        Rates are clipped at this value in Hz (> mean_rate_range[1]).
-    split_block_len : float
-        Nominal length in seconds (>= 2) of the blocks assigned to train/valid/test.
-    recording_prefix : str
-        Recording ids are ``f"{recording_prefix}_s{k:02d}"``.
-    stimulus : str
-        ``"none"``, or ``"images"``: every session watches procedural images (see
-        :mod:`neurobridge.datasets.synthetic_visual`) and the units respond to their content.
-    n_train_images, n_valid_images, n_test_images : int
-        Sizes of the three disjoint image sets (``stimulus="images"``). Presentations in a
-        train / valid / test block show an image of that set, so repeated presentations of an
-        image stay on one side of the split.
-    image_size : int
-        Image height and width in pixels (16..256).
-    stimulus_on, stimulus_off : float
-        Seconds each image is shown, and the blank gap before the next one.
-    stimulus_gain : float
-        Scale of the stimulus term of the log-rate (each unit's drive has unit variance over
-        images).
+    Attributes:
+        n_sessions: number of recordings (>= 1); each has its own units and latent trajectory.
+        regions: brain regions, in feed-forward order (region k is driven by region k - 1).
+        units_per_region: units (or MUA channels) per region and session (>= 1).
+        duration: seconds per session (>= 20), rounded to the 10 ms grid.
+        latent_dim_per_region: latent dimensions per region (1..16): pairs form damped
+            rotations, an odd leftover dimension is a slow damped (OU-like) mode.
+        modality: ``"spikes"`` (Poisson spikes), ``"mua"`` (noisy continuous signal) or
+            ``"mixed"`` (session ``k`` spikes for even ``k``, MUA for odd ``k``; see
+            :func:`session_modality`).
+        mua_noise_std: std of the Gaussian noise added to ``mua.clean`` (>= 0).
+        seed: seed of everything (>= 0). Session ``k`` only depends on ``seed`` and ``k``.
+        unit_count_jitter: each (session, region) gets ``units_per_region + U{-j..j}`` units
+            (0 <= j < units_per_region).
+        coupling: fraction (0..1) of a downstream region's latent drive that comes from the
+            lagged upstream latents (the rest is private noise).
+        coupling_lag: lag in seconds (0..1) of the feed-forward coupling.
+        global_latent_dim: dimensions (0..8) of a slow latent shared by all regions.
+        global_weight: share (0..1) of each unit's log-rate loading put on the global latent.
+        mean_rate_median: median of the per-unit time-averaged rate in Hz (inside
+            ``mean_rate_range``).
+        mean_rate_range: (low, high) clip of the per-unit time-averaged rate in Hz,
+            0 < low < high.
+        log_rate_std_range: per-unit std over time of the log rate is drawn uniformly from
+            this range.
+        max_rate: rates are clipped at this value in Hz (> mean_rate_range[1]).
+        split_block_len: nominal length in seconds (>= 2) of the blocks assigned to
+            train/valid/test.
+        recording_prefix: recording ids are ``f"{recording_prefix}_s{k:02d}"``.
+        stimulus: ``"none"``, or ``"images"``: every session watches procedural images (see
+            :mod:`neurobridge.datasets.synthetic_visual`) and the units respond to their
+            content.
+        n_train_images: size of the train image set (``stimulus="images"``). The three image
+            sets are disjoint; presentations in a train / valid / test block show an image of
+            that set, so repeated presentations of an image stay on one side of the split.
+        n_valid_images: size of the valid image set.
+        n_test_images: size of the test image set.
+        image_size: image height and width in pixels (16..256).
+        stimulus_on: seconds each image is shown.
+        stimulus_off: seconds of the blank gap before the next image.
+        stimulus_gain: scale of the stimulus term of the log-rate (each unit's drive has unit
+            variance over images).
     """
 
     n_sessions: int = 4
@@ -557,10 +541,8 @@ def write_synthetic_images(root: str | Path, config: SyntheticConfig) -> Path:
 def build_recording(config: SyntheticConfig, session_index: int) -> Data:
     """Simulate session ``session_index`` of ``config`` in memory.
 
-    Returns
-    -------
-    temporaldata.Data
-        The recording, laid out as described in the module docstring.
+    Returns:
+        The recording (a ``temporaldata.Data``), laid out as described in the module docstring.
     """
     if not 0 <= session_index < config.n_sessions:
         raise ValueError(
@@ -661,18 +643,13 @@ def generate_synthetic_recordings(
     Each file is written to a temporary file and then renamed to ``<name>.h5``. A
     ``synthetic_config.json`` manifest describing the config is written last.
 
-    Parameters
-    ----------
-    root : str or Path
-        Output folder (created if missing).
-    config : SyntheticConfig, optional
-        Defaults to ``SyntheticConfig()``.
-    overwrite : bool
-        Replace existing recordings; otherwise an existing target raises FileExistsError.
+    Args:
+        root: output folder (created if missing).
+        config: defaults to ``SyntheticConfig()``.
+        overwrite: replace existing recordings; otherwise an existing target raises
+            FileExistsError.
 
-    Returns
-    -------
-    list of Path
+    Returns:
         ``<root>/<recording_id>.h5`` in session order.
     """
     config = SyntheticConfig() if config is None else config
@@ -715,16 +692,11 @@ def ensure_synthetic_recordings(
     complete, so an existing folder is always complete. If another process finishes first,
     its folder is kept and ours is discarded.
 
-    Parameters
-    ----------
-    cache_dir : str or Path
-        Parent folder of the per-config folders (created if missing).
-    config : SyntheticConfig, optional
-        Defaults to ``SyntheticConfig()``.
+    Args:
+        cache_dir: parent folder of the per-config folders (created if missing).
+        config: defaults to ``SyntheticConfig()``.
 
-    Returns
-    -------
-    Path
+    Returns:
         Folder to pass to ``torch_brain.dataset.Dataset``.
     """
     config = SyntheticConfig() if config is None else config

@@ -176,7 +176,8 @@ def stimulus_log_rate(
     Args:
         n_samples: samples of the session's rate grid.
         sampling_rate: Hz of the rate grid.
-        onsets, offsets: ``[P]`` presentation times in seconds.
+        onsets: ``[P]`` presentation onsets in seconds.
+        offsets: ``[P]`` presentation offsets in seconds.
         image_index: ``[P]`` row of ``drives`` shown at each presentation.
         drives: ``[n_images, n_units]`` from :func:`region_drives`.
         region_index: ``[n_units]`` region of each unit.

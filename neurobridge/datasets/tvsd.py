@@ -238,8 +238,8 @@ def read_mua_trials(
 
     Args:
         path: the ``THINGS_MUA_trials.mat`` file.
-        n_train_images, n_test_images: rows of ``train_imgs`` / ``test_imgs``, the largest
-            valid ``train_idx`` / ``test_idx``.
+        n_train_images: rows of ``train_imgs``, the largest valid ``train_idx``.
+        n_test_images: rows of ``test_imgs``, the largest valid ``test_idx``.
 
     Returns:
         ``"tb"``: float64 ``[n_time]`` ms from onset; one int64 ``[n_trials]`` array per row

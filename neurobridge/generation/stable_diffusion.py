@@ -365,7 +365,8 @@ def generate(
         guidance_scale: ``uncond + scale * (cond - uncond)``; ``<= 1`` disables guidance
             (plain conditional prediction).
         generator: random generator of the initial latents (drawn on its device).
-        height, width: image size; default ``components.image_size``.
+        height: image height; default ``components.image_size``.
+        width: image width; default ``components.image_size``.
 
     Returns:
         ``[B, 3, height, width]`` float32 images in ``[0, 1]``.

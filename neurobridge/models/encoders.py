@@ -224,7 +224,8 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
     Args:
         readout_specs: as upstream; ``None`` builds an encoder without the upstream output
             decoder, readout and task embedding.
-        anchor_tokens, activation_checkpointing: as for :class:`NeuroBridgePOYO`.
+        anchor_tokens: as for :class:`NeuroBridgePOYO`.
+        activation_checkpointing: as for :class:`NeuroBridgePOYO`.
         **kwargs: the upstream :class:`torch_brain.models.CaPOYO` arguments.
     """
 

@@ -74,8 +74,9 @@ def build_masked_model(
 
     Args:
         config: ``{"encoder", "decoder", "mode_prompt"}`` (see the module docstring).
-        unit_ids, session_ids: initialise the vocabularies (a new model); ``None`` leaves them
-            lazy, to be filled by ``load_state_dict`` (a checkpoint).
+        unit_ids: initialise the unit vocabulary (a new model); ``None`` leaves it lazy, to be
+            filled by ``load_state_dict`` (a checkpoint).
+        session_ids: the same for the session vocabulary.
         init_bias: initial output bias of the decoder (e.g. the log mean count per bin);
             ``None`` keeps the decoder config's (default 0).
         where: config path named in error messages.

@@ -42,8 +42,10 @@ class TargetSequenceDecoder(nn.Module):
             ``depth * (3 * ffn_mult + 2) * dim**2`` multiply-adds (plus attention over the
             latents), most of it in the feed-forward; an encoder input token costs
             ``2 * dim**2`` (its keys and values).
-        ffn_dropout, atn_dropout: dropout rates.
-        t_min, t_max: rotary period range in seconds (use the encoder's).
+        ffn_dropout: dropout rate of the feed-forward blocks.
+        atn_dropout: dropout rate of the attention.
+        t_min: shortest rotary period in seconds (use the encoder's).
+        t_max: longest rotary period in seconds (use the encoder's).
         init_bias: initial value of the output bias (e.g. the log of the mean count per bin).
         unit_readout: if True, the output is read out per unit, as a GLM does:
             ``out = <norm(h), w(unit)> + b(unit) + bias`` with ``w, b`` linear in the unit

@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 #: How the rows of new units / sessions start: ``"random"``, torch_brain's small normal
 #: initialisation (std ``init_scale``), or ``"mean"`` of the known rows (every new unit starts
-#: as the average unit). On the synthetic data ``random`` adapts faster (README).
+#: as the average unit). On the synthetic data ``random`` adapts faster (docs/tasks.md).
 INIT_MODES = ("random", "mean")
 
 

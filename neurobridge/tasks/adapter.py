@@ -69,7 +69,9 @@ class AdapterTraining(L.LightningModule):
         adapter: the conditioning to train; an :class:`IPAdapterConditioning` must be
             installed in ``diffusion.unet``.
         diffusion: frozen UNet + VAE + training noise schedule.
-        optimizer, scheduler, total_steps: as in :class:`MaskedPretraining`.
+        optimizer: as in :class:`MaskedPretraining`.
+        scheduler: as in :class:`MaskedPretraining`.
+        total_steps: as in :class:`MaskedPretraining`.
         model_config: stored in checkpoints (see :func:`neurobridge.training.load_adapter`).
         seed: seed of the fixed noise of the validation loss.
     """

@@ -78,7 +78,9 @@ class AlignmentTraining(L.LightningModule):
         image_embeddings: ``[n_images, d_clip]`` CLIP embeddings, rows in the data module's
             ``image_ids`` order.
         split_rows: ``{split: (first_row, n_rows)}`` of each split's images in that table.
-        optimizer, scheduler, total_steps: as in :class:`MaskedPretraining`.
+        optimizer: as in :class:`MaskedPretraining`.
+        scheduler: as in :class:`MaskedPretraining`.
+        total_steps: as in :class:`MaskedPretraining`.
         trainable_layers: encoder processor layers that learn (0 for ``align``).
         recon_weight: weight α of the masked-reconstruction loss (needs ``masked`` views).
         model_config: stored in checkpoints (see :func:`neurobridge.training.load_alignment_model`).
