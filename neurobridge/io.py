@@ -12,10 +12,14 @@ from pathlib import Path
 __all__ = ["atomic_path", "write_json_atomic"]
 
 
-def _umask() -> int:
+def _read_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# read once, at import: setting the umask to read it is not thread-safe
+_UMASK = _read_umask()
 
 
 @contextmanager
@@ -35,7 +39,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield Path(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

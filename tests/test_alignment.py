@@ -12,15 +12,14 @@ from PIL import Image
 
 from neurobridge.alignment import (
     TINY_MODEL_NAME,
-    LatentReadout,
     LogitScale,
-    NeuralProjector,
     RetrievalMetrics,
     TwoWayIdentification,
     build_clip_image_encoder,
     clip_infonce,
     two_way_identification,
 )
+from neurobridge.models import LatentReadout, NeuralProjector
 
 
 def _images(n: int) -> list[Image.Image]:

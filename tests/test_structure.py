@@ -97,6 +97,16 @@ print(sorted(m for m in ("open_clip", "diffusers", "transformers") if m in sys.m
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_the_models_import_without_lightning_or_hydra():
+    """A pretrained folder loads with no Lightning, Hydra or data pipeline (torch_brain itself
+    imports omegaconf and temporaldata)."""
+    code = ("import sys, neurobridge.models, neurobridge.models.pretrained; "
+            "print(sorted(m for m in ('lightning', 'hydra', 'open_clip', "
+            "'diffusers', 'neurobridge.data') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 def test_only_public_lightning_api_is_used():
     private = re.compile(
         r"from lightning[\w.]* import _|lightning[\w.]*\._\w|"

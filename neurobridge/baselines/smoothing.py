@@ -16,6 +16,7 @@ exactly the information the model's encoder receives.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -148,6 +149,11 @@ class SmoothingGLMBaseline:
         num_threads: torch intra-op threads used during a GLM fit (the process-wide setting is
             restored afterwards); ``None`` keeps torch's setting. The fit is a few dozen
             medium-sized tensor ops, which run fastest single-threaded on a busy CPU.
+        training_counts: ``{key: counts()}``, a zero-argument callable per recording that
+            returns its ``[T_train, N]`` training counts (e.g.
+            :class:`~neurobridge.data.binning.SplitCounts`); a recording not yet fitted is
+            fitted from it when it is first predicted. A NeuroBridge task keys recordings by
+            session id. ``None``: recordings are fitted only by :meth:`fit_recording`.
 
     Attributes:
         num_glm_fits: number of GLM fits performed (cache misses), for monitoring.
@@ -166,6 +172,7 @@ class SmoothingGLMBaseline:
         min_rate: float = 1e-3,
         prior_bins: float = 2.0,
         num_threads: int | None = 1,
+        training_counts: Mapping[str, Callable[[], np.ndarray]] | None = None,
     ) -> None:
         gaussian_kernel(sigma_bins)  # validates sigma_bins
         if l2 < 0:
@@ -184,6 +191,7 @@ class SmoothingGLMBaseline:
         self.min_rate = float(min_rate)
         self.prior_bins = float(prior_bins)
         self.num_threads = num_threads
+        self.training_counts = dict(training_counts or {})
         self.num_glm_fits = 0
         self._recordings: dict[str, _Recording] = {}
         self._glm_cache: dict[tuple[str, tuple[int, ...], tuple[int, ...]], PoissonGLMFit] = {}
@@ -244,13 +252,16 @@ class SmoothingGLMBaseline:
         """Predict log expected count per bin for one window.
 
         Args:
-            recording_id: a recording passed to :meth:`fit_recording`.
+            recording_id: a recording passed to :meth:`fit_recording` or named in
+                ``training_counts``.
             counts: ``[T, N]`` binned counts of the window (only unmasked cells are read).
             loss_mask: ``[T, N]`` bool, True on masked (scored) cells.
 
         Returns:
             ``[T, N]`` float32 log-rates, finite on every cell.
         """
+        if recording_id not in self._recordings and recording_id in self.training_counts:
+            self.fit_recording(recording_id, self.training_counts[recording_id]())
         if recording_id not in self._recordings:
             raise KeyError(f"Recording {recording_id!r} was not fitted; call fit_recording first.")
         rec = self._recordings[recording_id]

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from pathlib import Path
 
+import h5py
 import numpy as np
+from temporaldata import Data, Interval
 
 
 def num_bins(duration: float, bin_size: float) -> int:
@@ -105,3 +109,35 @@ def bin_regular(
     with np.errstate(invalid="ignore", divide="ignore"):
         out = sums / counts
     return out.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SplitCounts:
+    """The spike counts of some blocks of one recording file, binned when called:
+    ``counts() -> [n_bins, n_units]`` (:func:`bin_spikes_in_blocks`).
+
+    It holds only the file's path, the blocks and the bin size, so it is cheap to keep and to
+    copy; the smoothing baseline holds one per session and bins a training split only when the
+    session is first scored.
+    """
+
+    path: str
+    starts: tuple[float, ...]
+    ends: tuple[float, ...]
+    bin_size: float
+
+    @classmethod
+    def of(cls, path: str | Path, blocks, bin_size: float) -> SplitCounts:
+        """The counts of ``blocks`` (an ``Interval``, e.g. a training split) of ``path``."""
+        return cls(str(path), tuple(float(s) for s in np.asarray(blocks.start)),
+                   tuple(float(e) for e in np.asarray(blocks.end)), float(bin_size))
+
+    def __call__(self) -> np.ndarray:
+        with h5py.File(self.path, "r") as f:
+            data = Data.from_hdf5(f, lazy=True)
+            timestamps = np.asarray(data.spikes.timestamps)
+            unit_index = np.asarray(data.spikes.unit_index)
+            num_units = len(data.units.id)
+        blocks = Interval(np.asarray(self.starts), np.asarray(self.ends))
+        return bin_spikes_in_blocks(timestamps, unit_index, num_units=num_units, blocks=blocks,
+                                    bin_size=self.bin_size)

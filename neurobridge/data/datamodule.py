@@ -13,7 +13,7 @@ from temporaldata import Interval
 from torch.utils.data import DataLoader
 from torch_brain.data import collate
 
-from neurobridge.data.binning import bin_spikes_in_blocks
+from neurobridge.data.binning import SplitCounts
 from neurobridge.data.dataset import RecordingDataset
 from neurobridge.data.images import IMAGE_FOLDER
 from neurobridge.data.samplers import (
@@ -313,17 +313,19 @@ class NeuralDataModule(L.LightningDataModule):
             self.intervals["train"][recording_id], self.bin_size, self.spike_values,
         )
 
+    def split_counts(self, split: str, recording_id: str) -> SplitCounts:
+        """The spike counts of ``split`` of a recording (after ``train_seconds`` for the
+        training split), binned with this module's ``bin_size`` when called."""
+        return SplitCounts.of(self.dataset.root / f"{recording_id}.h5",
+                              self.intervals[split][recording_id], self.bin_size)
+
     def train_counts(self, recording_id: str) -> np.ndarray:
         """``[n_bins, n_units]`` spike counts of the recording's whole training split.
 
         Blocks of the split are binned separately (with this module's ``bin_size``) and
         stacked in time; used to fit the smoothing baseline.
         """
-        data = self.dataset.get_recording(recording_id)
-        return bin_spikes_in_blocks(
-            data.spikes.timestamps, data.spikes.unit_index, num_units=len(data.units.id),
-            blocks=self.intervals["train"][recording_id], bin_size=self.bin_size,
-        )
+        return self.split_counts("train", recording_id)()
 
 
 

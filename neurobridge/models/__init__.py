@@ -13,6 +13,7 @@ from .factory import (
     encoder_class,
 )
 from .masked_model import MaskedModel
+from .readout import LatentReadout, NeuralProjector
 from .target_decoder import TargetSequenceDecoder
 
 __all__ = [
@@ -20,9 +21,11 @@ __all__ = [
     "DECODERS",
     "ENCODERS",
     "AlignmentModel",
+    "LatentReadout",
     "MaskedModel",
     "MaskedModelEnsemble",
     "NeuroBridgeCaPOYO",
+    "NeuralProjector",
     "NeuroBridgePOYO",
     "TargetSequenceDecoder",
     "alignment_head_config",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch.nn as nn
 from torch import Tensor
 
-from neurobridge.alignment.readout import LatentReadout, NeuralProjector
 from neurobridge.models.masked_model import MaskedModel
+from neurobridge.models.readout import LatentReadout, NeuralProjector
 from neurobridge.models.shareable import Shareable
 
 __all__ = ["AlignmentModel"]

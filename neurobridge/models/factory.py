@@ -22,10 +22,10 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from neurobridge.alignment.readout import LatentReadout, NeuralProjector
 from neurobridge.models.aligned import AlignmentModel
 from neurobridge.models.encoders import NeuroBridgeCaPOYO, NeuroBridgePOYO
 from neurobridge.models.masked_model import MaskedModel
+from neurobridge.models.readout import LatentReadout, NeuralProjector
 from neurobridge.models.target_decoder import TargetSequenceDecoder
 
 __all__ = [
@@ -67,7 +67,6 @@ def build_masked_model(
     *,
     unit_ids: Sequence[str] | None = None,
     session_ids: Sequence[str] | None = None,
-    init_bias: float | None = None,
     where: str = "model",
 ) -> MaskedModel:
     """An encoder + target decoder from a model config.
@@ -77,8 +76,6 @@ def build_masked_model(
         unit_ids: initialise the unit vocabulary (a new model); ``None`` leaves it lazy, to be
             filled by ``load_state_dict`` (a checkpoint).
         session_ids: the same for the session vocabulary.
-        init_bias: initial output bias of the decoder (e.g. the log mean count per bin);
-            ``None`` keeps the decoder config's (default 0).
         where: config path named in error messages.
 
     Parameters are created in a fixed order (encoder, its vocabularies, decoder, mode
@@ -95,12 +92,9 @@ def build_masked_model(
     dec_cls, dec_kwargs = _lookup(DECODERS, config["decoder"], f"{where}.decoder")
     dec_kwargs.setdefault("dim", encoder.dim)
     dec_kwargs.setdefault("unit_emb_dim", encoder.unit_emb_dim)
-    if init_bias is not None:
-        dec_kwargs["init_bias"] = init_bias
     decoder = dec_cls(**dec_kwargs)
     mode_prompt = bool(config.get("mode_prompt", False))
     model = MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=mode_prompt)
-    dec_kwargs.pop("init_bias", None)  # a starting value: the weights hold the trained one
     model.config = {
         "encoder": {"_target_": config["encoder"]["_target_"], **enc_kwargs},
         "decoder": {"_target_": config["decoder"]["_target_"], **dec_kwargs},
@@ -123,18 +117,19 @@ def alignment_head_config(
 ) -> dict[str, dict]:
     """``{"readout", "projector"}`` of ``config`` with every derived argument filled in.
 
-    The readout takes the encoder's ``dim``, ``sequence_length``, ``t_min`` and ``t_max``; the
-    projector ``in_dim = num_queries * dim`` and ``out_dim = clip_dim`` (the CLIP embedding
-    width) unless the config states them.
+    The readout takes the encoder's ``dim``, ``sequence_length``, ``t_min`` and ``t_max`` (over
+    any value the readout config states; the encoder's own defaults when its config omits
+    them); the projector ``in_dim = num_queries * dim`` and ``out_dim = clip_dim`` (the CLIP
+    embedding width) unless the config states them.
     """
     enc_cls, enc = _lookup(ENCODERS, config["encoder"], "model.encoder")
-    readout = {
-        "dim": enc["dim"],
-        "sequence_length": enc["sequence_length"],
-        "t_min": enc.get("t_min", _upstream_default(enc_cls, "t_min")),
-        "t_max": enc.get("t_max", _upstream_default(enc_cls, "t_max")),
-        **config["readout"],
-    }
+    derived = {}
+    for key in ("dim", "sequence_length", "t_min", "t_max"):
+        try:
+            derived[key] = enc[key] if key in enc else _upstream_default(enc_cls, key)
+        except KeyError:
+            raise ValueError(f"model.encoder.{key} is not set (the readout takes it).") from None
+    readout = {**config["readout"], **derived}
     projector = {"in_dim": readout["num_queries"] * readout["dim"], **config["projector"]}
     if clip_dim is not None:
         projector.setdefault("out_dim", int(clip_dim))

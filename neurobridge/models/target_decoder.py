@@ -112,6 +112,12 @@ class TargetSequenceDecoder(nn.Module):
         self.factorized = factorized
         self.bin_query = nn.Parameter(torch.randn(dim) * dim**-0.5) if factorized else None
 
+    def set_output_bias(self, value: float) -> None:
+        """Set the output bias (``init_bias``) after construction, e.g. to the data's log mean
+        count per bin once it is known."""
+        with torch.no_grad():
+            self.head.bias.fill_(float(value))
+
     def forward(
         self,
         *,

@@ -72,7 +72,7 @@ class AdapterTraining(L.LightningModule):
         optimizer: as in :class:`MaskedPretraining`.
         scheduler: as in :class:`MaskedPretraining`.
         total_steps: as in :class:`MaskedPretraining`.
-        model_config: stored in checkpoints (see :func:`neurobridge.training.load_adapter`).
+        model_config: stored in checkpoints (see :func:`neurobridge.training.checkpoint.load_adapter`).
         seed: seed of the fixed noise of the validation loss.
     """
 

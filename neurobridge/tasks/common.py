@@ -18,7 +18,7 @@ __all__ = [
     "check_reads_data",
     "check_vocab",
     "container",
-    "fitted_baseline",
+    "smoothing_baseline",
 ]
 
 #: ``data`` options that only stimulus-locked tasks (align, finetune, adapter, reconstruct) use.
@@ -61,16 +61,20 @@ def build_masking(cfg: DictConfig) -> MaskingController:
     return MaskingController(**container(cfg.masking))
 
 
-def fitted_baseline(task_cfg: DictConfig, dm: NeuralDataModule) -> SmoothingGLMBaseline | None:
-    """The smoothing baseline of ``task.baseline`` fitted on ``dm``'s training split (one per
-    session), or ``None`` when ``task.baseline`` is null or the data are values."""
+def smoothing_baseline(
+    task_cfg: DictConfig, dm: NeuralDataModule
+) -> SmoothingGLMBaseline | None:
+    """The smoothing baseline of ``task.baseline`` on ``dm``'s recordings, keyed by session id,
+    or ``None`` when ``task.baseline`` is null or the data are values.
+
+    Each session is fitted on its training split when the test first scores it (the baseline
+    holds only where to read the split until then, so copies of the module stay small).
+    """
     cfg = task_cfg.get("baseline")
     if not cfg or dm.modality is not Modality.SPIKES:
         return None
-    baseline = SmoothingGLMBaseline(**container(cfg))
-    for session_id, recording_id in dm.recording_of_session.items():
-        baseline.fit_recording(session_id, dm.train_counts(recording_id))
-    return baseline
+    counts = {sid: dm.split_counts("train", rid) for sid, rid in dm.recording_of_session.items()}
+    return SmoothingGLMBaseline(**container(cfg), training_counts=counts)
 
 
 def check_reads_data(model: MaskedModel, dm: NeuralDataModule, source: str) -> None:

@@ -16,7 +16,7 @@ from neurobridge.tasks.common import (
     build_masking,
     check_reads_data,
     check_vocab,
-    fitted_baseline,
+    smoothing_baseline,
 )
 from neurobridge.tasks.pretrain import MaskedPretraining
 from neurobridge.tasks.registry import Task
@@ -51,7 +51,7 @@ def build_evaluation(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModu
         members.append(model)
     ensemble = MaskedModelEnsemble(members, names=[str(p) for p in paths]).eval()
     dm.tokenizer = dm.masked_tokenizer(ensemble.encoder, build_masking(cfg))
-    return MaskedPretraining(model=ensemble, baseline=fitted_baseline(cfg.task, dm)), dm
+    return MaskedPretraining(model=ensemble, baseline=smoothing_baseline(cfg.task, dm)), dm
 
 
 def _test(module: L.LightningModule, dm, cfg: DictConfig) -> dict[str, float]:

@@ -19,7 +19,12 @@ from neurobridge.masking import MASKING_MODES
 from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate
 from neurobridge.modality import Modality
 from neurobridge.models import MaskedModel, MaskedModelEnsemble, build_masked_model
-from neurobridge.tasks.common import build_datamodule, build_masking, container, fitted_baseline
+from neurobridge.tasks.common import (
+    build_datamodule,
+    build_masking,
+    container,
+    smoothing_baseline,
+)
 from neurobridge.tasks.registry import Task
 from neurobridge.training.checkpoint import CHECKPOINT_KEY, checkpoint_payload
 from neurobridge.training.optim import configure_optimization
@@ -63,9 +68,9 @@ class MaskedPretraining(L.LightningModule):
             ``None`` for a module that only evaluates.
         scheduler: ``{"name": "cosine" | "onecycle" | "none", "warmup_frac": float}``.
         total_steps: optimiser steps of the run (for the schedule).
-        baseline: the smoothing baseline, fitted on the training split of every session the
-            test scores (keyed by session id; :func:`neurobridge.tasks.common.fitted_baseline`),
-            or ``None`` to skip it.
+        baseline: the smoothing baseline, keyed by session id, fitted on a session's training
+            split when the test first scores it
+            (:func:`neurobridge.tasks.common.smoothing_baseline`); ``None`` skips it.
         model_config: the resolved ``model`` config, stored in every checkpoint so that
             :func:`neurobridge.training.load_masked_model` can rebuild the model without data.
         unmasked_weight: weight of the loss on decoded unmasked cells (``query_visible``).
@@ -267,7 +272,7 @@ def new_masked_model(cfg: DictConfig, dm: NeuralDataModule) -> MaskedModel:
                                session_ids=dm.session_ids)
     mean = _mean_target(dm, dm.masked_tokenizer(model.encoder, build_masking(cfg)))
     init_bias = math.log(max(mean, 1e-3)) if model.modality is Modality.SPIKES else mean
-    torch.nn.init.constant_(model.decoder.head.bias, init_bias)
+    model.decoder.set_output_bias(init_bias)
     return model
 
 
@@ -283,7 +288,7 @@ def masked_pretraining(
         optimizer=container(task.optimizer),
         scheduler=container(task.scheduler),
         total_steps=int(cfg.trainer.max_steps),
-        baseline=fitted_baseline(task, dm),
+        baseline=smoothing_baseline(task, dm),
         model_config=model_config,
         unmasked_weight=float(task.get("unmasked_weight", 1.0)),
     )

@@ -9,6 +9,7 @@ that defines its ``TASK``. Modules are imported when their task runs, so a task'
 
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -28,14 +29,18 @@ class Task:
     Attributes:
         name: the value of ``task.name``.
         build: ``cfg -> (LightningModule, LightningDataModule)`` for a task that trains; the run
-            fits, tests and writes ``metrics.json`` and ``checkpoints/last.ckpt``.
+            fits, tests (the module needs a ``test_step``) and writes ``metrics.json`` and
+            ``checkpoints/last.ckpt``. Under FSDP it is called a second time, after fitting, to
+            get an unsharded module for the test.
         run: ``(cfg, run_dir) -> metrics`` for a task that does not train (it writes its own
             outputs); exactly one of ``build`` and ``run`` is set.
         checkpoint_kind: what the task's checkpoints hold (``"masked"``, ``"alignment"``,
-            ``"adapter"``): a run resumes only from a checkpoint of its kind.
+            ``"adapter"``, or a name of the task's own): a run resumes only from a checkpoint of
+            its kind. The module writes it (``checkpoint_payload(config, kind)`` in its
+            ``on_save_checkpoint``); use one constant for both.
         check: ``cfg -> None``, the task's config checks, run before any data is read.
         plots: ``(module, datamodule, run_dir) -> None``, figures written after the test when
-            ``task.plots`` is true.
+            the task's config sets ``plots: true``.
         resume_needs_same_model: refuse ``resume_from`` when the checkpoint's model config
             differs from ``cfg.model`` (tasks whose model comes from ``cfg.model``).
     """
@@ -55,13 +60,22 @@ class Task:
             raise ValueError(f"Task {self.name!r} trains: set its checkpoint_kind.")
 
 
+def _defines_task(path: Path) -> bool:
+    """Whether a module assigns ``TASK`` at its top level (read without importing it)."""
+    for node in ast.parse(path.read_text()).body:
+        targets = node.targets if isinstance(node, ast.Assign) else (
+            [node.target] if isinstance(node, ast.AnnAssign) else [])
+        if any(isinstance(t, ast.Name) and t.id == "TASK" for t in targets):
+            return True
+    return False
+
+
 def task_names() -> list[str]:
-    """The tasks of this package (its modules that define ``TASK``), sorted."""
-    names = []
-    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        if info.name not in ("registry", "common"):
-            names.append(info.name)
-    return sorted(names)
+    """The tasks of this package (its modules that define ``TASK``), sorted. Helper modules
+    (``common``, ``registry``) define none."""
+    folder = Path(__file__).parent
+    return sorted(info.name for info in pkgutil.iter_modules([str(folder)])
+                  if _defines_task(folder / f"{info.name}.py"))
 
 
 def get_task(task_cfg: DictConfig | dict) -> Task:

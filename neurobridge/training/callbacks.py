@@ -10,12 +10,13 @@ __all__ = ["EMAWeights", "LastCheckpoint"]
 
 
 class LastCheckpoint(Checkpoint):
-    """Writes ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` optimiser steps and at the
-    final step, and nothing else.
+    """Writes ``<dirpath>/last.ckpt`` every ``every_n_train_steps`` optimiser steps and when
+    training stops, and nothing else.
 
-    Saving at the final batch (after the EMA update of that step, and before the EMA callback
-    copies the average into the module at training end) keeps the checkpoint equal to what
-    the test scores. As a :class:`~lightning.pytorch.callbacks.Checkpoint`, Lightning runs it
+    The final save happens at the last batch (``max_steps``) or at the end of the last epoch
+    (``max_epochs``, ``max_time``, early stopping): after the EMA update of that step and before
+    the EMA callback copies the average into the module at training end, so the checkpoint
+    keeps the current weights for resuming and the average for the test. As a :class:`~lightning.pytorch.callbacks.Checkpoint`, Lightning runs it
     after every other callback of a step. Files go through the trainer's checkpoint IO
     (atomic in a NeuroBridge run, :class:`~neurobridge.training.checkpoint.AtomicCheckpointIO`).
 
@@ -59,8 +60,19 @@ class LastCheckpoint(Checkpoint):
         if final or step % self.every_n_train_steps == 0:
             self._save(trainer)
 
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= (
+            trainer.current_epoch + 1)
+        if (trainer.should_stop or last_epoch) and not trainer.fast_dev_run \
+                and trainer.global_step != self._last_step_saved:
+            self._save(trainer)
+
     def on_train_end(self, trainer, pl_module) -> None:
-        if not trainer.fast_dev_run and trainer.global_step != self._last_step_saved:
+        # Training that ended another way. With a weight average the module now holds the
+        # average, which must not be saved as the weights to resume from: keep the last save.
+        averaged = any(isinstance(c, EMAWeightAveraging) for c in trainer.callbacks)
+        if not trainer.fast_dev_run and not averaged \
+                and trainer.global_step != self._last_step_saved:
             self._save(trainer)
 
 

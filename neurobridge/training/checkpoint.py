@@ -34,8 +34,8 @@ __all__ = [
 ]
 
 CHECKPOINT_KEY = "neurobridge"
-#: What a checkpoint holds: a pretrained masked model, that model with a CLIP-space head, or
-#: the latter with a diffusion adapter.
+#: The built-in checkpoint kinds: a pretrained masked model, that model with a CLIP-space head,
+#: or the latter with a diffusion adapter. A task of its own may name another kind.
 CHECKPOINT_KINDS = ("masked", "alignment", "adapter")
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -51,8 +51,10 @@ def checkpoint_payload(model_config: dict, kind: str = "masked") -> dict:
     """What a training task stores under ``checkpoint["neurobridge"]``."""
     import neurobridge
 
-    if kind not in CHECKPOINT_KINDS:
-        raise ValueError(f"kind must be one of {CHECKPOINT_KINDS}, got {kind!r}.")
+    if not (isinstance(kind, str) and kind.isidentifier()):
+        raise ValueError(
+            f"A checkpoint kind is a name such as {CHECKPOINT_KINDS}, got {kind!r}."
+        )
     return {"version": neurobridge.__version__, "kind": kind, "model": model_config}
 
 
@@ -108,8 +110,14 @@ def load_masked_model(
     """
     ckpt, meta, path = _read(path, map_location)
     kind = meta.get("kind", "masked")
-    prefix = {"masked": "model.", "alignment": "model.masked_model.",
-              "adapter": "aligned.masked_model."}[kind]
+    prefixes = {"masked": "model.", "alignment": "model.masked_model.",
+                "adapter": "aligned.masked_model."}
+    if kind not in prefixes:
+        raise ValueError(
+            f"{path} is a {kind!r} checkpoint; load_masked_model reads the masked model of "
+            f"{sorted(prefixes)} checkpoints."
+        )
+    prefix = prefixes[kind]
     cfg = {k: meta["model"][k] for k in ("encoder", "decoder", "mode_prompt") if k in meta["model"]}
     model = build_masked_model(cfg, where=f"{path}: model")
     _load_state(model, _with_prefix(ckpt["state_dict"], prefix), path)

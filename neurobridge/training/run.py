@@ -16,6 +16,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
@@ -171,11 +172,9 @@ def _loggers(cfg: DictConfig, run_dir: Path) -> list:
             continue
         try:
             loggers.append(instantiate(node, save_dir=str(run_dir)))
-        except ModuleNotFoundError as err:
-            raise ModuleNotFoundError(
-                f"logger.{name} needs a package that is not installed ({err.name}); for "
-                "Weights & Biases: pip install -e '.[wandb]'."
-            ) from err
+        except InstantiationException as err:
+            hint = " (Weights & Biases: pip install -e '.[wandb]')" if name == "wandb" else ""
+            raise RuntimeError(f"logger.{name} could not be built{hint}: {err}") from err
     return loggers
 
 
@@ -205,6 +204,11 @@ def _module_for_test(cfg: DictConfig, task: Task, module: L.LightningModule,
     """
     if not isinstance(trainer.strategy, FSDPStrategy):
         return module
+    if last_ckpt is None:
+        raise ValueError(
+            "Under FSDP the test reloads the gathered weights from last.ckpt: keep "
+            "callbacks.last_checkpoint (it is null in this config)."
+        )
     trainer.strategy.barrier()
     fresh, _ = task.build(cfg)
     state = torch.load(last_ckpt, map_location="cpu", weights_only=True)["state_dict"]
