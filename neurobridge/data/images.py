@@ -17,6 +17,7 @@ in file order for stores.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -74,6 +75,20 @@ class ImageSource:
             )
         return self._read(index)
 
+    def files(self) -> list[Path]:
+        """The files the images are read from (what :meth:`fingerprint` covers)."""
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """A hex digest of the ids and of every file's path, size and modification time: it
+        changes when an image is added, removed, renamed or rewritten in place (a cache keyed
+        by it is never stale), without reading the pixels."""
+        digest = hashlib.sha256("\n".join(self.ids).encode())
+        for file in self.files():
+            stat = file.stat()
+            digest.update(f"\n{file.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        return digest.hexdigest()
+
     def _read(self, index: int) -> Image.Image:
         raise NotImplementedError
 
@@ -97,6 +112,9 @@ class ImageFolderSource(ImageSource):
                 f"{', '.join(IMAGE_EXTENSIONS)} in all subfolders)."
             )
         super().__init__(path=root, ids=sorted(ids))
+
+    def files(self) -> list[Path]:
+        return [self.path / image_id for image_id in self.ids]
 
     def _read(self, index: int) -> Image.Image:
         with Image.open(self.path / self.ids[index]) as image:
@@ -157,6 +175,9 @@ class HDF5ImageStore(ImageSource):
         super().__init__(path=path, ids=ids)
         self._file: h5py.File | None = None
         self._pid: int | None = None
+
+    def files(self) -> list[Path]:
+        return [self.path]
 
     def _read(self, index: int) -> Image.Image:
         if self._file is None or self._pid != os.getpid():

@@ -210,15 +210,20 @@ def image_embeddings(dm: StimulusDataModule, clip_cfg: dict) -> torch.Tensor:
 
     Read from ``clip_cfg["embeddings"]`` (an HDF5 cache from ``scripts/embed_images.py``) when
     set; otherwise the images of ``dm.images`` are embedded once with the configured CLIP model
-    and cached under ``$NEUROBRIDGE_CACHE/clip/`` (keyed by image folder, model and weights).
+    and cached under ``$NEUROBRIDGE_CACHE/clip/``, keyed by the model, its weights and the
+    images' :meth:`~neurobridge.data.ImageSource.fingerprint` (ids, paths, sizes, modification
+    times): replacing an image in place embeds the images again. A reused cache is logged.
     """
     path = clip_cfg.get("embeddings")
     if path is None:
         source = open_image_source(dm.images)
         weights = clip_cfg.get("pretrained") or "random-seed0"
-        key = f"{Path(dm.images).resolve()}|{len(source)}|{clip_cfg['model_name']}|{weights}"
+        key = f"{source.fingerprint()}|{clip_cfg['model_name']}|{weights}"
         path = default_cache_dir() / "clip" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
-        if not path.is_file():
+        if path.is_file():
+            log.info("Reusing the CLIP embeddings of the %d images of %s (unchanged) from %s",
+                     len(source), dm.images, path)
+        else:
             log.info("Embedding %d images of %s with CLIP %s", len(source), dm.images, clip_cfg["model_name"])
             encoder = build_clip_image_encoder(
                 model_name=clip_cfg["model_name"], pretrained=clip_cfg.get("pretrained")
