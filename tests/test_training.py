@@ -246,8 +246,8 @@ def test_bf16_mixed_precision_trains_without_nan(small_recordings, tmp_path):
     import csv
 
     cfg = _cfg(["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null",
-                "trainer.precision=bf16-mixed", "trainer.max_steps=600",
-                "trainer.val_check_interval=300", "trainer.log_every_n_steps=10"])
+                "trainer.precision=bf16-mixed", "trainer.max_steps=400",
+                "trainer.val_check_interval=200", "trainer.log_every_n_steps=5"])
     metrics = run(cfg, tmp_path / "run")
     with open(tmp_path / "run" / "logs" / "metrics.csv") as f:
         losses = [float(r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
