@@ -145,6 +145,7 @@ def build_alignment_model(
     clip_dim: int | None = None,
     unit_ids: Sequence[str] | None = None,
     session_ids: Sequence[str] | None = None,
+    where: str = "model",
 ) -> AlignmentModel:
     """A masked model with a readout + projector head, from an alignment model config.
 
@@ -154,11 +155,13 @@ def build_alignment_model(
             is built from ``config`` (with ``unit_ids`` / ``session_ids``, as
             :func:`build_masked_model`).
         clip_dim: the CLIP embedding width, when ``config["projector"]`` has no ``out_dim``.
+        where: config path named in error messages.
 
     The model keeps its full config (derived arguments filled in) as ``model.config``.
     """
     if masked_model is None:
-        masked_model = build_masked_model(config, unit_ids=unit_ids, session_ids=session_ids)
+        masked_model = build_masked_model(config, unit_ids=unit_ids, session_ids=session_ids,
+                                          where=where)
     head = alignment_head_config(config, clip_dim=clip_dim)
     model = AlignmentModel(
         masked_model=masked_model,

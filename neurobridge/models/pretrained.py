@@ -142,9 +142,7 @@ def load_pretrained(
     if found == "masked_model":
         model = build_masked_model(config["model"], where=where)
     else:
-        model = build_alignment_model(
-            config["model"], masked_model=build_masked_model(config["model"], where=where)
-        )
+        model = build_alignment_model(config["model"], where=where)
     state: dict = dict(load_file(str(directory / WEIGHTS_NAME), device=str(map_location)))
     for key, pairs in config.get("vocab", {}).items():
         state[key] = OrderedDict((word, index) for word, index in pairs)

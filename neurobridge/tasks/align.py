@@ -33,7 +33,7 @@ from neurobridge.data import (
 )
 from neurobridge.losses import masked_mse, masked_poisson_nll
 from neurobridge.modality import Modality
-from neurobridge.models import AlignmentModel, alignment_head_config, build_alignment_model
+from neurobridge.models import AlignmentModel, build_alignment_model
 from neurobridge.tasks.common import build_datamodule, build_masking, check_vocab, container
 from neurobridge.tasks.pretrain import new_masked_model
 from neurobridge.tasks.registry import Task
@@ -285,9 +285,10 @@ def build_alignment(cfg: DictConfig) -> tuple[AlignmentTraining, StimulusDataMod
         else:
             masked, model_config = new_masked_model(cfg, dm), container(cfg.model)
         head = {"readout": container(task.readout), "projector": container(task.projector)}
-        model_config = {**model_config, **alignment_head_config(
-            {**model_config, **head}, clip_dim=int(embeddings.shape[1]))}
-        model = build_alignment_model(model_config, masked_model=masked)
+        model = build_alignment_model({**model_config, **head}, masked_model=masked,
+                                      clip_dim=int(embeddings.shape[1]))
+        model_config = {**model_config, "readout": model.config["readout"],
+                        "projector": model.config["projector"]}
     model_config["clip"] = {k: v for k, v in clip_cfg.items() if k != "embeddings"}
     if init_from:
         check_vocab(model.masked_model, dm, init_from)

@@ -37,6 +37,11 @@ class LastCheckpoint(Checkpoint):
         self.dirpath = Path(dirpath) if dirpath is not None else None
         self._last_step_saved = 0
 
+    @staticmethod
+    def default_dirpath(root_dir: str | Path) -> Path:
+        """The folder of ``last.ckpt`` in a run folder when ``dirpath`` is not given."""
+        return Path(root_dir) / "checkpoints"
+
     @property
     def last_path(self) -> Path:
         """Where ``last.ckpt`` is (or will be) written."""
@@ -46,33 +51,34 @@ class LastCheckpoint(Checkpoint):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if self.dirpath is None:
-            self.dirpath = Path(trainer.default_root_dir) / "checkpoints"
+            self.dirpath = self.default_dirpath(trainer.default_root_dir)
+
+    def _unsaved(self, trainer) -> bool:
+        """Whether the current step still needs a save (never in a ``fast_dev_run``)."""
+        return not trainer.fast_dev_run and trainer.global_step != self._last_step_saved
 
     def _save(self, trainer) -> None:
         trainer.save_checkpoint(self.last_path, weights_only=False)  # full state: resumable
         self._last_step_saved = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        step = trainer.global_step
-        if trainer.sanity_checking or trainer.fast_dev_run or step == self._last_step_saved:
+        if trainer.sanity_checking or not self._unsaved(trainer):
             return
-        final = 0 < trainer.max_steps <= step
-        if final or step % self.every_n_train_steps == 0:
+        step = trainer.global_step
+        if 0 < trainer.max_steps <= step or step % self.every_n_train_steps == 0:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= (
             trainer.current_epoch + 1)
-        if (trainer.should_stop or last_epoch) and not trainer.fast_dev_run \
-                and trainer.global_step != self._last_step_saved:
+        if (trainer.should_stop or last_epoch) and self._unsaved(trainer):
             self._save(trainer)
 
     def on_train_end(self, trainer, pl_module) -> None:
         # Training that ended another way. With a weight average the module now holds the
         # average, which must not be saved as the weights to resume from: keep the last save.
         averaged = any(isinstance(c, EMAWeightAveraging) for c in trainer.callbacks)
-        if not trainer.fast_dev_run and not averaged \
-                and trainer.global_step != self._last_step_saved:
+        if not averaged and self._unsaved(trainer):
             self._save(trainer)
 
 

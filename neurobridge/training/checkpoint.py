@@ -126,9 +126,7 @@ def load_masked_model(
 
 
 def _alignment_model(cfg: dict, state: dict, path: Path) -> AlignmentModel:
-    model = build_alignment_model(
-        cfg, masked_model=build_masked_model(cfg, where=f"{path}: model")
-    )
+    model = build_alignment_model(cfg, where=f"{path}: model")
     _load_state(model, state, path)
     return model.eval()
 

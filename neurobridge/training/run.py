@@ -25,10 +25,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from neurobridge.data.datamodule import check_train_seconds
 from neurobridge.io import write_json_atomic
-from neurobridge.masking import MaskingController
 from neurobridge.modality import Modality
 from neurobridge.models import encoder_class, set_attention_backend
 from neurobridge.tasks import Task, get_task
+from neurobridge.tasks.common import build_masking
 from neurobridge.training.callbacks import EMAWeights, LastCheckpoint
 from neurobridge.training.checkpoint import AtomicCheckpointIO, read_checkpoint_meta
 
@@ -80,7 +80,7 @@ def _validate(cfg: DictConfig, task: Task) -> None:
                 "task.ema_decay does not work with FSDP (the weight average is not sharded): "
                 "use trainer=ddp or set task.ema_decay=null."
             )
-    MaskingController(**OmegaConf.to_container(cfg.masking, resolve=True))  # checks ratios
+    build_masking(cfg)  # checks the masking ratios
     set_attention_backend(cfg.get("attention_backend", "sdpa"))
     check_train_seconds(cfg.data.get("train_seconds"))
     if task.check is not None:
@@ -218,7 +218,7 @@ def _module_for_test(cfg: DictConfig, task: Task, module: L.LightningModule,
 
 def _check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to overwrite another run's ``last.ckpt`` (a resumed run may rewrite its own)."""
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = LastCheckpoint.default_dirpath(run_dir) / LastCheckpoint.FILENAME
     resume = cfg.get("resume_from")
     if last.exists() and not (resume and Path(resume).resolve() == last.resolve()):
         raise FileExistsError(
