@@ -1,7 +1,9 @@
-"""Recording → batch: windows, tokenization and the Lightning data modules.
+"""The recording format: writing it (:func:`write_recording`, the split helpers of
+:mod:`~neurobridge.data.splits`, the NWB converter of :mod:`~neurobridge.data.nwb`) and reading
+it into batches (windows, tokenization and the Lightning data modules).
 
-Producers of recording files (synthetic generators, converters) live in
-:mod:`neurobridge.datasets`; nothing here imports them.
+Producers of particular data sets (synthetic generators, the TVSD and Allen converters) live in
+:mod:`neurobridge.datasets` and write through :func:`write_recording`; nothing here imports them.
 """
 
 from .batch import MaskedBatch, MaskedSample, StimulusBatch
@@ -21,6 +23,7 @@ from .samplers import EvalWindowSampler, TrainWindowSampler
 from .spike_values import SPIKE_VALUES, VALUE_SOURCES
 from .stimuli import StimulusTokenizer, StimulusWindowSampler
 from .tokenizer import MaskedTokenizer
+from .writer import make_recording, save_recording, write_recording
 
 __all__ = [
     "IMAGE_FOLDER",
@@ -48,6 +51,9 @@ __all__ = [
     "bin_spikes",
     "bin_spikes_in_blocks",
     "default_cache_dir",
+    "make_recording",
     "num_bins",
     "open_image_source",
+    "save_recording",
+    "write_recording",
 ]

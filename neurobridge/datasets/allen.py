@@ -77,11 +77,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries
+from temporaldata import Data
 
 from neurobridge.data.images import IMAGE_FOLDER
-from neurobridge.data.index import SPLITS
+from neurobridge.data.splits import assign_splits, check_fractions, labelled_splits
 from neurobridge.data.stimuli import presentations_by_split
+from neurobridge.data.writer import make_recording, save_recording
 from neurobridge.io import atomic_path
 
 __all__ = [
@@ -557,33 +558,6 @@ def _check_templates(sessions: list[_Session], folder: Path, stimulus_table: str
     return sorted(frames)
 
 
-def _counts(n: int, fractions: tuple[float, float], at_least_one: bool) -> tuple[int, int]:
-    """(n_valid, n_test) of ``n`` items for (valid_fraction, test_fraction)."""
-    out = []
-    for frac in fractions:
-        k = round(frac * n)
-        out.append(max(k, 1) if (frac > 0 and at_least_one) else k)
-    return out[0], out[1]
-
-
-def _image_splits(
-    frames: list[int], valid_fraction: float, test_fraction: float, seed: int
-) -> dict[int, int]:
-    """Index into SPLITS of every scene: a seeded share test, another valid, the rest train."""
-    n_valid, n_test = _counts(len(frames), (valid_fraction, test_fraction), True)
-    if n_valid + n_test >= len(frames):
-        raise ValueError(
-            f"valid_fraction={valid_fraction} and test_fraction={test_fraction} leave no train "
-            f"scene ({len(frames)} scenes shown: {n_valid} valid, {n_test} test); lower them."
-        )
-    order = np.random.default_rng([seed, 0]).permutation(len(frames))
-    labels = {}
-    for rank, i in enumerate(order):
-        s = "test" if rank < n_test else "valid" if rank < n_test + n_valid else "train"
-        labels[frames[i]] = SPLITS.index(s)
-    return labels
-
-
 def _slots(presentations: dict) -> np.ndarray:
     """End of the time each presentation owns: the next onset if it comes within the gap
     tolerance of this stop time, else the stop time."""
@@ -592,72 +566,8 @@ def _slots(presentations: dict) -> np.ndarray:
     return np.where(nxt - stop <= _GAP_TOLERANCE, nxt, stop)
 
 
-def _split_domains(
-    domain: tuple[float, float],
-    slots: tuple[np.ndarray, np.ndarray, np.ndarray],
-    *,
-    fractions: tuple[float, float],
-    block_length: float,
-    rng: np.random.Generator,
-) -> dict[str, Interval]:
-    """Train/valid/test Intervals tiling ``domain``: the scene slots ``(start, end, label)``,
-    the blocks of the rest drawn into the splits, pieces shorter than a block in train."""
-    t0, t1 = domain
-    s_start, s_end, s_label = slots
-    pieces = []  # (start, end, label or -1 for a drawn block)
-    cursor = t0
-    for a, b, lab in zip(s_start, s_end, s_label):
-        if a > cursor:
-            pieces.append((cursor, a, None))
-        pieces.append((a, b, int(lab)))
-        cursor = b
-    if t1 > cursor:
-        pieces.append((cursor, t1, None))
-    out = []
-    blocks = []
-    for a, b, lab in pieces:
-        if lab is not None:
-            out.append([a, b, lab])
-            continue
-        n = int((b - a) // block_length)
-        if n == 0:
-            out.append([a, b, SPLITS.index("train")])
-            continue
-        edges = np.linspace(a, b, n + 1)
-        edges[0], edges[-1] = a, b
-        for k in range(n):
-            blocks.append(len(out))
-            out.append([edges[k], edges[k + 1], SPLITS.index("train")])
-    n_valid, n_test = _counts(len(blocks), fractions, len(blocks) >= 3)
-    n_valid, n_test = min(n_valid, len(blocks)), min(n_test, max(len(blocks) - n_valid, 0))
-    drawn = rng.permutation(len(blocks))
-    for rank, i in enumerate(drawn):
-        if rank < n_test:
-            out[blocks[i]][2] = SPLITS.index("test")
-        elif rank < n_test + n_valid:
-            out[blocks[i]][2] = SPLITS.index("valid")
-    result = {}
-    for s, split in enumerate(SPLITS):
-        starts, ends = [], []
-        for a, b, lab in out:
-            if lab != s or b <= a:
-                continue
-            if ends and abs(ends[-1] - a) < 1e-9:
-                ends[-1] = b
-            else:
-                starts.append(a)
-                ends.append(b)
-        result[split] = Interval(
-            start=np.asarray(starts, dtype=np.float64), end=np.asarray(ends, dtype=np.float64)
-        )
-    return result
-
-
 def _check_options(valid_fraction, test_fraction, block_length, seed) -> None:
-    for name, value in (("valid_fraction", valid_fraction), ("test_fraction", test_fraction)):
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool)
-                and 0 <= value < 1):
-            raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+    check_fractions(valid_fraction, test_fraction)
     ok = isinstance(block_length, (int, float)) and math.isfinite(block_length)
     if not (ok and block_length > 0):
         raise ValueError(f"block_length must be a number > 0 (seconds), got {block_length!r}.")
@@ -675,57 +585,47 @@ def _build_recording(
     block_length: float,
     seed: int,
 ) -> Data:
-    counts = np.array([t.size for t in spike_times], dtype=np.int64)
-    timestamps = np.concatenate(spike_times) if spike_times else np.empty(0)
-    unit_index = np.repeat(np.arange(len(spike_times), dtype=np.int64), counts)
-    order = np.argsort(timestamps, kind="stable")
-    timestamps, unit_index = timestamps[order], unit_index[order]
-
+    first = min((t[0] for t in spike_times if t.size), default=math.inf)
+    last = max((t[-1] for t in spike_times if t.size), default=-math.inf)
     pres = s.presentations
-    lo = min(0.0, intervals_extent[0], timestamps[0] if timestamps.size else math.inf)
-    hi = max(intervals_extent[1], float(pres["stop"].max()),
-             timestamps[-1] if timestamps.size else -math.inf)
+    lo = min(0.0, intervals_extent[0], first)
+    hi = max(intervals_extent[1], float(pres["stop"].max()), last)
     t0, t1 = float(lo), float(np.nextafter(hi, math.inf))
-    domain = Interval(t0, t1)
 
     ends = _slots(pres)
     shown = pres["frame"] != BLANK_FRAME
     labels = np.array([image_split[int(f)] for f in pres["frame"][shown]], dtype=np.int64)
-    rng = np.random.default_rng([seed, 1, zlib.crc32(s.recording_id.encode())])
-    splits = _split_domains(
-        (t0, t1), (pres["start"][shown], ends[shown], labels), fractions=fractions,
-        block_length=block_length, rng=rng,
+    splits = labelled_splits(
+        (t0, t1), (pres["start"][shown], ends[shown], labels), block_length=block_length,
+        valid_fraction=fractions[0], test_fraction=fractions[1],
+        seed=[seed, 1, zlib.crc32(s.recording_id.encode())],
     )
 
     rows, peak = s.rows, s.peak[s.rows]
-    region = s.electrodes["location"][peak]
     probe = s.electrodes.get("probe_id")
-    units = dict(
-        id=np.array([f"{s.recording_id}/{u}" for u in s.units["allen_id"][rows]]),
-        brain_region=region.astype(str),
-        allen_id=s.units["allen_id"][rows],
-        peak_channel_id=s.units["peak_channel_id"][rows],
-        probe_id=probe[peak] if probe is not None else np.full(rows.size, -1, np.int64),
-        **{m: s.units[m][rows] for m in QUALITY_METRICS if m in s.units},
-    )
     frames = pres["frame"][shown]
-    data = Data(
-        brainset=Data(id=_BRAINSET),
-        subject=Data(id=s.subject_id),
-        session=Data(id=s.recording_id, unit_selection=json.dumps(s.record)),
-        units=ArrayDict(**units),
-        spikes=IrregularTimeSeries(timestamps=timestamps, unit_index=unit_index, domain=domain),
-        stimulus_presentations=Interval(
+    return make_recording(
+        session_id=s.recording_id,
+        unit_ids=[f"{s.recording_id}/{u}" for u in s.units["allen_id"][rows]],
+        domain=(t0, t1),
+        splits=splits,
+        spike_times=spike_times,
+        brain_regions=s.electrodes["location"][peak].astype(str),
+        stimuli=dict(
             start=pres["start"][shown],
             end=pres["stop"][shown],
             image_id=np.array([f"{IMAGE_SUBFOLDER}/{template_name(f)}" for f in frames]),
             frame=frames.astype(np.int64),
         ),
-        domain=domain,
+        subject_id=s.subject_id,
+        brainset=_BRAINSET,
+        session_fields={"unit_selection": json.dumps(s.record)},
+        source=s.path,
+        allen_id=s.units["allen_id"][rows],
+        peak_channel_id=s.units["peak_channel_id"][rows],
+        probe_id=probe[peak] if probe is not None else np.full(rows.size, -1, np.int64),
+        **{m: s.units[m][rows] for m in QUALITY_METRICS if m in s.units},
     )
-    for split in SPLITS:
-        setattr(data, f"{split}_domain", splits[split])
-    return data
 
 
 def convert_allen(
@@ -799,7 +699,9 @@ def convert_allen(
             "check the structures asked for."
         )
     frames = _check_templates(sessions, templates, stimulus_table)
-    image_split = _image_splits(frames, valid_fraction, test_fraction, seed)
+    labels = assign_splits(len(frames), valid_fraction=valid_fraction,
+                           test_fraction=test_fraction, seed=[seed, 0], what="scene")
+    image_split = dict(zip(frames, labels.tolist()))
 
     for frame in frames:
         target = out_dir / IMAGE_FOLDER / IMAGE_SUBFOLDER / template_name(frame)
@@ -815,9 +717,7 @@ def convert_allen(
             s, spike_times, extent, image_split, fractions=(valid_fraction, test_fraction),
             block_length=block_length, seed=seed,
         )
-        path = out_dir / f"{s.recording_id}.h5"
-        with atomic_path(path) as tmp:
-            data.save(tmp)
+        path = save_recording(data, out_dir / f"{s.recording_id}.h5")
         logger.info("%s: %d of %d units kept", s.recording_id, s.record["kept"],
                     s.record["in_table"])
         written.append(path)

@@ -50,10 +50,11 @@ from pathlib import Path
 
 import numpy as np
 from scipy.signal import lfilter
-from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries, RegularTimeSeries
+from temporaldata import Data, Interval, RegularTimeSeries
 
 from neurobridge.data.images import IMAGE_FOLDER
 from neurobridge.data.index import SPLITS
+from neurobridge.data.writer import STIMULUS_KEY, make_recording, save_recording
 from neurobridge.datasets import synthetic_visual
 from neurobridge.io import atomic_path, write_json_atomic
 
@@ -90,7 +91,7 @@ MODALITIES = ("spikes", "mua", "mixed")
 #: Stimulus kinds of :class:`SyntheticConfig`.
 STIMULI = ("none", "images")
 #: Name of the Interval of stimulus presentations (``start``, ``end``, ``image_id``).
-STIMULUS_FIELD = "stimulus_presentations"
+STIMULUS_FIELD = STIMULUS_KEY
 #: Sub-folder of a generated data folder that holds the images (``<split>/<nnnn>.png``).
 
 
@@ -564,51 +565,46 @@ def build_recording(config: SyntheticConfig, session_index: int) -> Data:
     modality = session_modality(config, session_index)
     tag = "u" if modality == "spikes" else "ch"
 
-    fields: dict = {
-        "brainset": Data(id="neurobridge_synthetic"),
-        "subject": Data(id=f"{rid}_subject"),
-        "session": Data(id=rid, modality=modality),
-        "units": ArrayDict(
-            id=np.array([f"{rid}/{tag}{i:03d}" for i in range(n_units)]),
-            brain_region=np.asarray(config.regions)[region_index],
-        ),
-        "true_rates": RegularTimeSeries(
-            rates=rates,
-            latents=latents.astype(np.float32),
-            sampling_rate=SAMPLING_RATE,
-        ),
-    }
+    unit_ids = [f"{rid}/{tag}{i:03d}" for i in range(n_units)]
+    observed: dict = {}
     if modality == "spikes":
-        timestamps, unit_index = _sample_spikes(rates, rng_obs)
-        fields["spikes"] = IrregularTimeSeries(
-            timestamps=timestamps,
-            unit_index=unit_index,
-            domain=Interval(0.0, duration),
-        )
+        observed["timestamps"], observed["unit_index"] = _sample_spikes(rates, rng_obs)
     else:
         # clean = gain * standardized log1p(rate) + offset, per channel
         gain = rng_obs.uniform(0.75, 1.25, size=n_units)
         offset = rng_obs.normal(0.0, 0.5, size=n_units)
         clean = (gain * _zscore(np.log1p(rates.astype(np.float64))) + offset).astype(np.float32)
         noise = rng_obs.standard_normal(clean.shape) * config.mua_noise_std
-        fields["mua"] = RegularTimeSeries(
+        observed["values"] = RegularTimeSeries(
             values=(clean + noise).astype(np.float32),
             clean=clean,
             sampling_rate=SAMPLING_RATE,
         )
-
+    stimuli = None
     if presentations is not None:
-        ids = synthetic_image_ids(config)
-        fields[STIMULUS_FIELD] = Interval(
+        stimuli = dict(
             start=presentations["start"],
             end=presentations["end"],
-            image_id=np.asarray(ids)[presentations["image_index"]],
+            image_id=np.asarray(synthetic_image_ids(config))[presentations["image_index"]],
         )
-    data = Data(domain=Interval(0.0, duration), **fields)
-    data.train_domain = splits["train"]
-    data.valid_domain = splits["valid"]
-    data.test_domain = splits["test"]
-    return data
+    return make_recording(
+        session_id=rid,
+        unit_ids=unit_ids,
+        domain=(0.0, duration),
+        splits=splits,
+        brain_regions=np.asarray(config.regions)[region_index],
+        stimuli=stimuli,
+        true_rates=RegularTimeSeries(
+            rates=rates,
+            latents=latents.astype(np.float32),
+            sampling_rate=SAMPLING_RATE,
+        ),
+        subject_id=f"{rid}_subject",
+        brainset="neurobridge_synthetic",
+        session_fields={"modality": modality},
+        source="the synthetic generator",
+        **observed,
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -662,9 +658,7 @@ def generate_synthetic_recordings(
             f"Recordings already exist (pass overwrite=True to replace them): {existing}"
         )
     for k, path in enumerate(paths):
-        data = build_recording(config, k)
-        with atomic_path(path) as tmp:
-            data.save(tmp)
+        save_recording(build_recording(config, k), path)
     if config.stimulus == "images":
         write_synthetic_images(root, config)
     _write_manifest(root, config)

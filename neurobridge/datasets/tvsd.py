@@ -52,11 +52,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import scipy.io
-from temporaldata import ArrayDict, Data, Interval, RegularTimeSeries
+from temporaldata import Data, Interval, RegularTimeSeries
 
 from neurobridge.data.index import SPLITS
 from neurobridge.data.stimuli import presentations_by_split
-from neurobridge.io import atomic_path
+from neurobridge.data.writer import write_recording
 
 __all__ = [
     "ALLMAT_ROWS",
@@ -572,33 +572,29 @@ def convert_tvsd(
         rid = f"tvsd_monkey{monkey}" + ("" if day is None else f"_day{day}")
         # unit ids are unique across recordings: per-day files name the day in them
         prefix = f"tvsd_{monkey}" + ("" if day is None else f"_day{day}")
-        units = dict(
-            id=np.array([f"{prefix}/ch{p + 1:04d}" for p in keep]),
-            brain_region=regions[keep],
-            array=arrays[keep],
-        )
         onset = np.arange(cols.size) * seg + pre
-        data = Data(
-            brainset=Data(id="tvsd"),
-            subject=Data(id=f"monkey{monkey}"),
-            session=Data(id=rid),
-            units=ArrayDict(**units),
-            mua=RegularTimeSeries(
+        path = write_recording(
+            out_dir / f"{rid}.h5",
+            session_id=rid,
+            unit_ids=[f"{prefix}/ch{p + 1:04d}" for p in keep],
+            unit_id_prefix=prefix,
+            domain=(0.0, cols.size * seg),
+            splits={split: _runs(labels[cols], s, seg) for s, split in enumerate(SPLITS)},
+            values=RegularTimeSeries(
                 values=vals.reshape(-1, keep.size), sampling_rate=sampling_rate
             ),
-            stimulus_presentations=Interval(
+            brain_regions=regions[keep],
+            stimuli=dict(
                 start=onset,
                 end=onset + PRESENTATION_DURATION,
                 image_id=image_ids[cols],
                 **{k: table[k][cols] for k in ("trial", "train_idx", "test_idx", "rep", "day")},
             ),
-            domain=Interval(0.0, cols.size * seg),
+            subject_id=f"monkey{monkey}",
+            brainset="tvsd",
+            source=mua_path,
+            array=arrays[keep],
         )
-        for s, split in enumerate(SPLITS):
-            setattr(data, f"{split}_domain", _runs(labels[cols], s, seg))
-        path = out_dir / f"{rid}.h5"
-        with atomic_path(path) as tmp:
-            data.save(tmp)
         paths.append(path)
     return paths
 
