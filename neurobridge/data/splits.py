@@ -105,7 +105,7 @@ def labelled_splits(
     Args:
         domain: the recording's extent.
         pieces: ``(start [P], end [P], label [P])``, sorted and non-overlapping, label an index
-            into ``SPLITS``.
+            into ``SPLITS`` (``-1``: in no split).
         block_length: seconds per block of the unlabelled time (``rest="blocks"``).
         valid_fraction, test_fraction: share of the blocks drawn into valid / test (at least
             one each where there are three blocks or more).
@@ -139,7 +139,7 @@ def labelled_splits(
     for a, b, lab in zip(starts, ends, labels):
         if a > cursor:
             add_rest(cursor, float(a))
-        out.append([float(a), float(b), int(lab)])
+        out.append([float(a), float(b), int(lab) if lab >= 0 else None])
         cursor = float(b)
     if t1 > cursor:
         add_rest(cursor, t1)
@@ -198,7 +198,8 @@ def trial_splits(
 
     Args:
         trial_start, trial_end: ``[n_trials]`` seconds, sorted and non-overlapping.
-        labels: optional ``[n_trials]`` split indices (e.g. the file's own split).
+        labels: optional ``[n_trials]`` split indices (e.g. the file's own split; ``-1``: the
+            trial is left out of every split).
         between_trials: the time between trials: ``"train"`` (recorded but outside any trial)
             or ``"none"`` (not recorded, e.g. trials laid out with gaps).
     """

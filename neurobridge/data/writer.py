@@ -17,7 +17,7 @@ from temporaldata import ArrayDict, Data, Interval, IrregularTimeSeries, Regular
 from neurobridge.data.index import SPLITS
 from neurobridge.io import atomic_path
 
-__all__ = ["STIMULUS_KEY", "make_recording", "save_recording", "write_recording"]
+__all__ = ["STIMULUS_KEY", "make_recording", "save_recording", "times_inside", "write_recording"]
 
 #: Field of the stimulus presentations (``data.stimulus_key`` reads it).
 STIMULUS_KEY = "stimulus_presentations"
@@ -50,8 +50,9 @@ def _interval(value, field: str, need: _Checker) -> Interval:
     return Interval(start=start, end=end)
 
 
-def _inside(times: np.ndarray, domain: Interval) -> np.ndarray:
-    """Bool mask of ``times`` inside one of the intervals of ``domain`` (start <= t < end)."""
+def times_inside(times: np.ndarray, domain: Interval) -> np.ndarray:
+    """``bool [len(times)]``: inside one of the sorted intervals of ``domain`` (start <= t < end,
+    up to float round-off)."""
     k = np.searchsorted(domain.start, times, side="right") - 1
     ok = k >= 0
     ok[ok] = times[ok] < domain.end[k[ok]] + _TOLERANCE
@@ -210,7 +211,7 @@ def make_recording(
         need(np.all(np.isfinite(times)), "spikes.timestamps", "holds NaN or inf times")
         need(index.size == 0 or (index.min() >= 0 and index.max() < n_units),
              "spikes.unit_index", f"points outside the {n_units} units")
-        outside = ~_inside(times, dom)
+        outside = ~times_inside(times, dom)
         need(not outside.any(), "spikes.timestamps",
              f"has {int(outside.sum())} spikes outside the domain "
              f"(first at {times[outside][0] if outside.any() else 0:.6g} s)",

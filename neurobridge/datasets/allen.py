@@ -71,8 +71,7 @@ import shutil
 import warnings
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +79,16 @@ import numpy as np
 from temporaldata import Data
 
 from neurobridge.data.images import IMAGE_FOLDER
+from neurobridge.data.nwb import (
+    column,
+    interval_extent,
+    numbers,
+    open_nwb,
+    read_spike_times,
+    strings,
+    units_table,
+    whole,
+)
 from neurobridge.data.splits import assign_splits, check_fractions, labelled_splits
 from neurobridge.data.stimuli import presentations_by_split
 from neurobridge.data.writer import make_recording, save_recording
@@ -128,17 +137,6 @@ def template_name(frame: int) -> str:
     return f"natural_scene_{int(frame)}.tiff"
 
 
-def _pynwb():
-    try:
-        import pynwb
-    except ImportError as err:
-        raise ImportError(
-            "Reading Allen Brain Observatory NWB files needs pynwb: pip install pynwb (or pip "
-            "install 'neurobridge[allen]')."
-        ) from err
-    return pynwb
-
-
 # --------------------------------------------------------------------------------------
 # readers
 
@@ -173,98 +171,33 @@ def _recording_id(path: Path) -> str:
     return f"allen_{name}"
 
 
-def _strings(values) -> np.ndarray:
-    return np.array(
-        [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in np.asarray(values).ravel()],
-        dtype=str,
-    )
-
-
-def _numbers(values, path: Path, where: str) -> np.ndarray:
-    values = np.asarray(values).ravel()
-    if values.dtype.kind in "SO":
-        values = _strings(values)
-    try:
-        return values.astype(np.float64)
-    except (TypeError, ValueError):
-        raise ValueError(f"{path}: {where} must hold numbers, got e.g. {values[:3].tolist()}.") from None
-
-
-def _whole(values: np.ndarray, path: Path, where: str) -> np.ndarray:
-    values = np.asarray(values).ravel()
-    if values.dtype.kind in "iu":
-        return values.astype(np.int64)
-    values = _numbers(values, path, where)
-    bad = ~(np.isfinite(values) & (values == np.round(values)))
-    if bad.any():
-        raise ValueError(
-            f"{path}: {where} must hold whole numbers, got {values[bad][:3].tolist()} at rows "
-            f"{np.flatnonzero(bad)[:3].tolist()}."
-        )
-    return values.astype(np.int64)
-
-
 def _column(table, name: str, path: Path, table_name: str, content: str) -> np.ndarray:
-    if name not in table.colnames:
-        raise ValueError(
-            f"{path}: the {table_name} table has no column '{name}' ({content}). {_LAYOUT_HINT}"
-        )
-    return np.asarray(table[name].data[:])
-
-
-@contextmanager
-def _read_nwb(path: Path) -> Iterator:
-    """The NWBFile of ``path``, open for lazy reads inside the block."""
-    pynwb = _pynwb()
-
-    def unreadable(err: Exception) -> ValueError:
-        return ValueError(f"{path} is not a readable NWB file ({type(err).__name__}: {err}).")
-
-    try:  # pynwb, hdmf and h5py raise many kinds of errors on a bad file
-        io = pynwb.NWBHDF5IO(str(path), mode="r", load_namespaces=True)
-    except Exception as err:
-        raise unreadable(err) from None
-    with io:
-        try:
-            nwbfile = io.read()
-        except Exception as err:
-            raise unreadable(err) from None
-        yield nwbfile
-
-
-def _units_table(nwbfile, path: Path):
-    units = nwbfile.units
-    if units is None:
-        raise ValueError(
-            f"{path}: no units table ('units': one row per sorted unit with spike_times, "
-            f"peak_channel_id and quality metrics). {_LAYOUT_HINT}"
-        )
-    return units
+    return column(table, name, path, table_name, content, _LAYOUT_HINT)
 
 
 def read_units(nwbfile, path: str | Path) -> dict[str, np.ndarray]:
     """The units table without its spike times: ``allen_id``, ``peak_channel_id`` (int64),
     ``quality`` (str, if present) and each metric of :data:`QUALITY_METRICS` present (float64)."""
     path = Path(path)
-    units = _units_table(nwbfile, path)
+    units = units_table(nwbfile, path, _LAYOUT_HINT)
     if "spike_times" not in units.colnames:
         raise ValueError(
             f"{path}: the units table has no column 'spike_times' (the spike times of each "
             f"unit, a ragged column). {_LAYOUT_HINT}"
         )
     out = {
-        "allen_id": _whole(units.id.data[:], path, "units.id"),
-        "peak_channel_id": _whole(
+        "allen_id": whole(units.id.data[:], path, "units.id"),
+        "peak_channel_id": whole(
             _column(units, "peak_channel_id", path, "units", "the channel id of each unit's "
                     "peak channel, a row id of 'electrodes'"),
             path, "units.peak_channel_id",
         ),
     }
     if "quality" in units.colnames:
-        out["quality"] = _strings(units["quality"].data[:])
+        out["quality"] = strings(units["quality"].data[:])
     for name in QUALITY_METRICS:
         if name in units.colnames:
-            out[name] = _numbers(units[name].data[:], path, f"units.{name}")
+            out[name] = numbers(units[name].data[:], path, f"units.{name}")
     return out
 
 
@@ -278,11 +211,11 @@ def read_electrodes(nwbfile, path: str | Path) -> dict[str, np.ndarray]:
             f"{path}: no electrodes table (one row per channel with 'location', the structure "
             f"acronym; the units' peak_channel_id refers to its row ids). {_LAYOUT_HINT}"
         )
-    location = _strings(_column(table, "location", path, "electrodes", "structure acronym"))
+    location = strings(_column(table, "location", path, "electrodes", "structure acronym"))
     location = np.where(np.isin(np.char.strip(location), ["", "nan", "None"]), "unknown", location)
-    out = {"channel_id": _whole(table.id.data[:], path, "electrodes.id"), "location": location}
+    out = {"channel_id": whole(table.id.data[:], path, "electrodes.id"), "location": location}
     if "probe_id" in table.colnames:
-        out["probe_id"] = _whole(table["probe_id"].data[:], path, "electrodes.probe_id")
+        out["probe_id"] = whole(table["probe_id"].data[:], path, "electrodes.probe_id")
     if "valid_data" in table.colnames:
         out["valid_data"] = np.asarray(table["valid_data"].data[:]).astype(bool)
     return out
@@ -416,11 +349,11 @@ def read_presentations_table(
         )
     table = intervals[name]
     where = f"intervals/{name}"
-    start = _numbers(_column(table, "start_time", path, where, "onset, s"), path,
+    start = numbers(_column(table, "start_time", path, where, "onset, s"), path,
                      f"{where}.start_time")
-    stop = _numbers(_column(table, "stop_time", path, where, "offset, s"), path,
+    stop = numbers(_column(table, "stop_time", path, where, "offset, s"), path,
                     f"{where}.stop_time")
-    frame = _whole(_column(table, "frame", path, where, "scene number, -1 for a blank"), path,
+    frame = whole(_column(table, "frame", path, where, "scene number, -1 for a blank"), path,
                    f"{where}.frame")
     bad = ~(np.isfinite(start) & np.isfinite(stop) & (stop > start))
     if bad.any():
@@ -438,41 +371,6 @@ def read_presentations_table(
     if start.size > 1 and not (np.diff(start) > 0).all():
         raise ValueError(f"{path}: {where} has two presentations with the same start_time.")
     return {"start": start, "stop": stop, "frame": frame}
-
-
-def _read_spike_times(nwbfile, rows: np.ndarray, path: Path) -> list[np.ndarray]:
-    """Spike times (float64) of the units at ``rows``, read one unit at a time."""
-    column = _units_table(nwbfile, path)["spike_times"]
-    if not hasattr(column, "target"):
-        raise ValueError(
-            f"{path}: units column 'spike_times' is not ragged (a VectorIndex over the "
-            f"concatenated spike times). {_LAYOUT_HINT}"
-        )
-    index = np.asarray(column.data[:], dtype=np.int64)
-    target = column.target.data
-    bounds = np.concatenate([[0], index])
-    if np.any(np.diff(bounds) < 0) or bounds[-1] > len(target):
-        raise ValueError(f"{path}: units column 'spike_times_index' is not a valid index.")
-    out = []
-    for row in rows:
-        times = np.asarray(target[bounds[row] : bounds[row + 1]], dtype=np.float64)
-        if not np.isfinite(times).all():
-            raise ValueError(f"{path}: units.spike_times of row {row} has NaN/Inf values.")
-        out.append(times)
-    return out
-
-
-def _interval_extent(nwbfile) -> tuple[float, float]:
-    """Earliest start and latest stop over all intervals tables (NaN-free), or (inf, -inf)."""
-    lo, hi = math.inf, -math.inf
-    for table in (nwbfile.intervals or {}).values():
-        for name, pick in (("start_time", np.nanmin), ("stop_time", np.nanmax)):
-            if name in table.colnames and len(table):
-                values = np.asarray(table[name].data[:], dtype=np.float64)
-                if np.isfinite(values).any():
-                    v = float(pick(values))
-                    lo, hi = (min(lo, v), hi) if name == "start_time" else (lo, max(hi, v))
-    return lo, hi
 
 
 # --------------------------------------------------------------------------------------
@@ -494,7 +392,7 @@ class _Session:
 
 def _plan_session(path: Path, filters: UnitFilters, stimulus_table: str) -> _Session:
     """Read and check everything of one session but the spike times."""
-    with _read_nwb(path) as nwbfile:
+    with open_nwb(path) as nwbfile:
         units = read_units(nwbfile, path)
         electrodes = read_electrodes(nwbfile, path)
         rows, record = select_units(units, electrodes, path, filters)
@@ -710,9 +608,9 @@ def convert_allen(
 
     written = []
     for s in sessions:
-        with _read_nwb(s.path) as nwbfile:
-            spike_times = _read_spike_times(nwbfile, s.rows, s.path)
-            extent = _interval_extent(nwbfile)
+        with open_nwb(s.path) as nwbfile:
+            spike_times = read_spike_times(nwbfile, s.rows, s.path, _LAYOUT_HINT)
+            extent = interval_extent(nwbfile)
         data = _build_recording(
             s, spike_times, extent, image_split, fractions=(valid_fraction, test_fraction),
             block_length=block_length, seed=seed,
