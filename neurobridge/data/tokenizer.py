@@ -214,26 +214,47 @@ class MaskedTokenizer:
 
     # ------------------------------------------------------------------ main
     def __call__(self, data: Data, index: WindowIndex) -> MaskedSample:
+        rng = np.random.default_rng(index.mask_seed)
+        gm = self.masking.sample(n_bins=self.n_bins, unit_regions=self.unit_regions(data),
+                                 rng=rng, mode=index.mode)
+        return self.sample(data, gm.mask, mode=gm.mode, requested_mode=gm.requested_mode,
+                           rng=rng, max_queries=index.max_queries,
+                           unmasked_queries=index.unmasked_queries)
+
+    def sample(
+        self,
+        data: Data,
+        mask: np.ndarray,
+        *,
+        mode: str,
+        requested_mode: str | None = None,
+        rng: np.random.Generator | None = None,
+        max_queries: int | None = None,
+        unmasked_queries: int = 0,
+    ) -> MaskedSample:
+        """The sample of a window under a given ``mask`` ``[n_bins, n_units]`` (True = hidden
+        from the encoder and scored); ``mode`` is the masking mode the model is told.
+
+        ``max_queries`` subsamples the masked cells and ``unmasked_queries`` adds visible cells
+        as decoder queries (both drawn with ``rng``); ``unmasked_queries >= mask.size`` decodes
+        every cell of the grid.
+        """
         n_units = len(data.units.id)
         unit_index = self.global_unit_index(data)
-        regions = self.unit_regions(data)
         session_index = self.session_vocab[str(data.session.id)]
-
         grid, true_grid = self.grid_targets(data, n_units)
-        rng = np.random.default_rng(index.mask_seed)
-        gm = self.masking.sample(n_bins=self.n_bins, unit_regions=regions, rng=rng, mode=index.mode)
-        mask = gm.mask
+        rng = np.random.default_rng(0) if rng is None else rng
 
         encoder_inputs = self._tokens(data, unit_index, grid, mask)
 
         q_bin, q_unit = np.nonzero(mask)
-        if index.max_queries is not None and len(q_bin) > index.max_queries:
-            pick = np.sort(rng.choice(len(q_bin), size=index.max_queries, replace=False))
+        if max_queries is not None and len(q_bin) > max_queries:
+            pick = np.sort(rng.choice(len(q_bin), size=max_queries, replace=False))
             q_bin, q_unit = q_bin[pick], q_unit[pick]
         n_masked = len(q_bin)
-        if index.unmasked_queries > 0:  # drawn after the masked cells: those stay the same
+        if unmasked_queries > 0:  # drawn after the masked cells: those stay the same
             v_bin, v_unit = np.nonzero(~mask)
-            n = min(index.unmasked_queries, len(v_bin))
+            n = min(unmasked_queries, len(v_bin))
             pick = np.sort(rng.choice(len(v_bin), size=n, replace=False))
             q_bin = np.concatenate([q_bin, v_bin[pick]])
             q_unit = np.concatenate([q_unit, v_unit[pick]])
@@ -255,8 +276,8 @@ class MaskedTokenizer:
             "grid": pad8(np.ascontiguousarray(grid.T)),
             "grid_mask": pad8(np.ascontiguousarray(mask.T)),
             "grid_unit_index": pad8(unit_index),
-            "mode": MASKING_MODES.index(gm.mode),
-            "requested_mode": MASKING_MODES.index(gm.requested_mode),
+            "mode": MASKING_MODES.index(mode),
+            "requested_mode": MASKING_MODES.index(requested_mode or mode),
             "session_index": session_index,
             "window_start": float(data.absolute_start),
         }

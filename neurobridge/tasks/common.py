@@ -3,6 +3,8 @@ smoothing baseline, and the checks of a loaded model against the data."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from omegaconf import DictConfig, OmegaConf
 
 from neurobridge.baselines import SmoothingGLMBaseline
@@ -12,14 +14,20 @@ from neurobridge.modality import Modality
 from neurobridge.models import MaskedModel
 
 __all__ = [
+    "PROTOCOLS",
     "STIMULUS_OPTIONS",
     "build_datamodule",
     "build_masking",
+    "check_protocol",
     "check_reads_data",
     "check_vocab",
     "container",
+    "nlb_protocol",
     "smoothing_baseline",
 ]
+
+#: ``task.protocol``: the masked modes only, or also the NLB protocol (:mod:`neurobridge.nlb`).
+PROTOCOLS = ("masked", "nlb")
 
 #: ``data`` options that only stimulus-locked tasks (align, finetune, adapter, reconstruct) use.
 STIMULUS_OPTIONS = ("stimulus_key", "pre_onset", "post_onset", "images")
@@ -75,6 +83,45 @@ def smoothing_baseline(
         return None
     counts = {sid: dm.split_counts("train", rid) for sid, rid in dm.recording_of_session.items()}
     return SmoothingGLMBaseline(**container(cfg), training_counts=counts)
+
+
+def check_protocol(cfg: DictConfig) -> None:
+    """``task.protocol`` and, for ``nlb``, ``task.forward_bins`` / ``task.heldout_fraction``."""
+    protocol = cfg.task.get("protocol", "masked")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"task.protocol must be one of {PROTOCOLS}, got {protocol!r}.")
+    if protocol != "nlb":
+        return
+    if Modality.parse(cfg.data.modality) is not Modality.SPIKES:
+        raise ValueError("task.protocol=nlb scores spike counts (co-bps, fp-bps): it needs "
+                         "data.modality=spikes.")
+    n_bins = round(float(cfg.model.encoder.sequence_length) / float(cfg.data.bin_size))
+    forward = cfg.task.get("forward_bins")
+    if not (isinstance(forward, int) and 0 <= forward < n_bins - 1):
+        raise ValueError(
+            f"task.forward_bins must be an integer in [0, {n_bins - 2}] (a window has {n_bins} "
+            f"bins of data.bin_size), got {forward!r}."
+        )
+    fraction = cfg.task.get("heldout_fraction")
+    if not (isinstance(fraction, (int, float)) and 0 < fraction < 1):
+        raise ValueError(f"task.heldout_fraction must be in (0, 1), got {fraction!r}.")
+
+
+def nlb_protocol(module, dm: NeuralDataModule, cfg: DictConfig, run_dir) -> dict[str, float]:
+    """With ``task.protocol=nlb``: score ``module`` under the NLB protocol on the test split,
+    write ``run_dir/nlb/predictions.h5`` and ``targets.h5``, return the ``test/nlb/...``
+    metrics (``{}`` for the masked protocol)."""
+    if cfg.task.get("protocol", "masked") != "nlb":
+        return {}
+    from neurobridge.nlb import nlb_evaluate, write_nlb_files
+
+    result = nlb_evaluate(
+        module.eval(), dm, forward_bins=int(cfg.task.forward_bins),
+        heldout_fraction=float(cfg.task.heldout_fraction), seed=int(cfg.seed),
+        baseline=module.baseline, batch_size=int(cfg.data.eval_batch_size),
+    )
+    write_nlb_files(result, Path(run_dir) / "nlb")
+    return result.metrics
 
 
 def check_reads_data(model: MaskedModel, dm: NeuralDataModule, source: str) -> None:

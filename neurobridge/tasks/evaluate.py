@@ -14,8 +14,10 @@ from neurobridge.models import MaskedModelEnsemble
 from neurobridge.tasks.common import (
     build_datamodule,
     build_masking,
+    check_protocol,
     check_reads_data,
     check_vocab,
+    nlb_protocol,
     smoothing_baseline,
 )
 from neurobridge.tasks.pretrain import MaskedPretraining
@@ -72,7 +74,9 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     The keys are those of a pretraining run's test (``test/co_bps/<mode>``, the baseline and
     the oracle; ``test/r2/...`` for values) for the checkpoint, or for the ensemble of the
     checkpoints (the mean of their log-rates or values) when there are several; each member's
-    own scores are added as ``member<i>/test/...``. Every model sees the same test windows
+    own scores are added as ``member<i>/test/...``. With ``task.protocol=nlb`` the NLB
+    protocol's ``test/nlb/...`` scores are added and its files written to ``run_dir/nlb``
+    (:mod:`neurobridge.nlb`). Every model sees the same test windows
     under the same fixed masks (``data.eval_seed``), so the scores compare cell for cell.
     One device; ``trainer.accelerator`` and ``trainer.precision`` apply.
     """
@@ -87,9 +91,10 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             metrics.update({f"member{i}/{k}": v for k, v in scores.items() if "/oracle/" not in k})
     log.info("Testing the %s", "ensemble" if len(members) > 1 else "checkpoint")
     metrics = {**_test(module, dm, cfg), **metrics}
+    metrics.update(nlb_protocol(module, dm, cfg, run_dir))
     metrics["n_members"] = float(len(members))
     write_json_atomic(run_dir / "metrics.json", metrics)
     return metrics
 
 
-TASK = Task(name="evaluate", run=run_evaluation)
+TASK = Task(name="evaluate", run=run_evaluation, check=check_protocol)

@@ -22,7 +22,9 @@ from neurobridge.models import MaskedModel, MaskedModelEnsemble, build_masked_mo
 from neurobridge.tasks.common import (
     build_datamodule,
     build_masking,
+    check_protocol,
     container,
+    nlb_protocol,
     smoothing_baseline,
 )
 from neurobridge.tasks.registry import Task
@@ -314,4 +316,6 @@ TASK = Task(
     checkpoint_kind=CHECKPOINT_KIND,
     plots=save_pretraining_plots,
     resume_needs_same_model=True,
+    check=check_protocol,
+    after_test=nlb_protocol,
 )

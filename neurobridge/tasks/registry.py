@@ -43,6 +43,8 @@ class Task:
             the task's config sets ``plots: true``.
         resume_needs_same_model: refuse ``resume_from`` when the checkpoint's model config
             differs from ``cfg.model`` (tasks whose model comes from ``cfg.model``).
+        after_test: ``(module, datamodule, cfg, run_dir) -> metrics``, further scores after the
+            test (e.g. the NLB protocol), merged into ``metrics.json``.
     """
 
     name: str
@@ -52,6 +54,7 @@ class Task:
     check: Callable[[DictConfig], None] | None = None
     plots: Callable[[Any, Any, Path], None] | None = None
     resume_needs_same_model: bool = False
+    after_test: Callable[[Any, Any, DictConfig, Path], dict] | None = None
 
     def __post_init__(self) -> None:
         if (self.build is None) == (self.run is None):

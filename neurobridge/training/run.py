@@ -259,6 +259,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     metrics = {k: float(v) for k, v in results.items()}
     metrics["train/global_step"] = int(trainer.global_step)
     if trainer.is_global_zero:
+        if task.after_test is not None:
+            metrics.update(task.after_test(module, dm, cfg, run_dir))
         write_json_atomic(run_dir / "metrics.json", metrics)
         if cfg.task.get("plots", False) and task.plots is not None:
             task.plots(module, dm, run_dir)
