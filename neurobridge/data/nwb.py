@@ -583,9 +583,11 @@ def convert_nwb(
         split: ``"blocks"`` (interleaved blocks of ``block_length`` s; with a stimulus table,
             whole images are drawn so every repeat stays on one side) or ``"trials"`` (whole
             trials; the time between trials is train).
-        valid_fraction, test_fraction, seed: the seeded shares of blocks / images / trials.
-        stimulus_table, stimulus_column: an intervals table of presentations and its column
-            naming the image (its value, as a string, is the image id).
+        valid_fraction: the share of blocks / images / trials in valid.
+        test_fraction: the same for test.
+        seed: seeds the draws.
+        stimulus_table: an intervals table of presentations.
+        stimulus_column: its column naming the image (its value, as a string, is the image id).
         images: folder of the images, copied (or symlinked with ``link_images``) to
             ``<out_dir>/images``; every image id must be a file in it.
         filters: :class:`UnitFilter` or strings such as ``"quality == good"``.

@@ -107,8 +107,9 @@ def labelled_splits(
         pieces: ``(start [P], end [P], label [P])``, sorted and non-overlapping, label an index
             into ``SPLITS`` (``-1``: in no split).
         block_length: seconds per block of the unlabelled time (``rest="blocks"``).
-        valid_fraction, test_fraction: share of the blocks drawn into valid / test (at least
-            one each where there are three blocks or more).
+        valid_fraction: share of the blocks drawn into valid (at least one where there are
+            three blocks or more).
+        test_fraction: the same for test.
         seed: seeds the draw of the blocks (``numpy.random.default_rng(seed)``).
         rest: ``"blocks"`` (cut into blocks and drawn; a gap shorter than a block goes to
             train), ``"train"`` (all of it train) or ``"none"`` (in no split).
@@ -197,7 +198,8 @@ def trial_splits(
     """Whole trials drawn into the splits (``labels`` given: used as they are).
 
     Args:
-        trial_start, trial_end: ``[n_trials]`` seconds, sorted and non-overlapping.
+        trial_start: ``[n_trials]`` seconds, sorted.
+        trial_end: ``[n_trials]`` seconds; trials must not overlap.
         labels: optional ``[n_trials]`` split indices (e.g. the file's own split; ``-1``: the
             trial is left out of every split).
         between_trials: the time between trials: ``"train"`` (recorded but outside any trial)
@@ -242,7 +244,8 @@ def stimulus_splits(
     """Whole images drawn into the splits; presentations keep their image's split.
 
     Args:
-        start, end: ``[P]`` seconds of each presentation, sorted and non-overlapping.
+        start: ``[P]`` onset (s) of each presentation, sorted.
+        end: ``[P]`` offset (s); presentations must not overlap.
         image_ids: ``[P]`` the image shown; every repeat of an image lands in one split.
         block_length: the time between presentations is cut into blocks of this length and
             drawn like :func:`block_splits` (a gap shorter than a block goes to train).

@@ -140,13 +140,17 @@ def make_recording(
         splits: ``{"train", "valid", "test"}`` -> ``Interval`` or ``[(start, end), ...]``:
             inside the domain, pairwise disjoint; train must not be empty.
         spike_times: ``[N]`` arrays of spike times (s) per unit; or instead
-        timestamps, unit_index: ``[S]`` sorted spike times and their index into ``unit_ids``.
+        timestamps: ``[S]`` sorted spike times, with
+        unit_index: ``[S]`` the index of each spike's unit into ``unit_ids``.
         brain_regions: ``[N]`` region of each unit (non-empty strings).
         stimuli: presentations with ``start``, ``end`` (s) and ``image_id`` (str) per row, plus
             any other ``[P]`` columns; stored as ``stimulus_presentations``.
         values: a continuous ``[T, N]`` series (field ``values``), stored as ``value_key``.
         true_rates: ground-truth rates (field ``rates``, Hz, ``[T, N]``).
-        subject_id, brainset, session_fields: metadata (``subject.id`` defaults to the session).
+        unit_id_prefix: what unit ids must start with (default ``session_id``).
+        subject_id: ``subject.id`` (default the session id).
+        brainset: ``brainset.id``.
+        session_fields: further ``session`` metadata (strings, numbers).
         source: what the recording came from, for error messages (a file, a generator).
         **unit_fields: further ``[N]`` columns of the units table (quality metrics, ``heldout``).
     """
