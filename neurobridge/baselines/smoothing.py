@@ -1,4 +1,4 @@
-"""Classical smoothing baseline scored on the same masked cells as the model.
+"""Classical smoothing baseline scored on the same masked cells as the model, and its tuning.
 
 The baseline follows the co-smoothing recipe of the Neural Latents Benchmark, adapted to the
 masking modes of NeuroBridge:
@@ -16,15 +16,21 @@ exactly the information the model's encoder receives.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.ndimage import correlate1d
 
 from neurobridge.baselines.poisson_glm import PoissonGLMFit, fit_poisson_glm, torch_threads
 
-__all__ = ["SmoothingGLMBaseline", "gaussian_kernel", "gaussian_smooth_observed"]
+__all__ = [
+    "SmoothingChoice",
+    "SmoothingGLMBaseline",
+    "gaussian_kernel",
+    "gaussian_smooth_observed",
+    "tune_smoothing",
+]
 
 _TRUNCATE_SIGMAS = 4.0
 
@@ -91,9 +97,134 @@ def gaussian_smooth_observed(
     return out
 
 
+# ----------------------------------------------------------------- tuning (NLB-style)
+
+
+@dataclass
+class SmoothingChoice:
+    """The chosen settings and the validation bits/spike of every grid point."""
+
+    sigma_bins: float
+    l2: float
+    temporal_sigma_bins: float
+    glm_scores: dict[tuple[float, float], float] = field(default_factory=dict)
+    temporal_scores: dict[float, float] = field(default_factory=dict)
+
+
+def _masked_bps(log_rate: np.ndarray, counts: np.ndarray, cells: np.ndarray) -> float:
+    """Bits/spike on the ``cells`` of ``[T, N]`` grids (null: each unit's mean over its cells)."""
+    n_cells = cells.sum(axis=0)
+    null = np.where(n_cells > 0, (counts * cells).sum(axis=0) / np.maximum(n_cells, 1), 0.0)
+    ll = np.where(cells, counts * log_rate - np.exp(log_rate), 0.0).sum()
+    log_null = np.log(np.where(null > 0, null, 1.0))
+    ll_null = np.where(cells, counts * log_null - null, 0.0).sum()
+    spikes = (counts * cells).sum()
+    return float((ll - ll_null) / spikes / math.log(2)) if spikes > 0 else float("nan")
+
+
+def tune_smoothing(
+    train_counts: np.ndarray,
+    valid_counts: np.ndarray,
+    *,
+    sigma_grid: Sequence[float],
+    l2_grid: Sequence[float],
+    heldout_fraction: float = 0.4,
+    n_splits: int = 2,
+    max_train_bins: int | None = 5000,
+    temporal_fraction: float = 0.6,
+    window_bins: int = 50,
+    prior_bins: float = 2.0,
+    min_rate: float = 1e-3,
+    max_iter: int = 100,
+    seed: int = 0,
+    num_threads: int | None = 1,
+) -> SmoothingChoice:
+    """Pick the baseline's settings for one recording (see the module docstring).
+
+    Args:
+        train_counts: ``[T_train, N]`` binned training split.
+        valid_counts: ``[T_valid, N]`` binned validation split (same bin size).
+        sigma_grid: candidate kernel widths (bins), for both choices.
+        l2_grid: candidate L2 strengths of the GLM.
+        heldout_fraction: share of the units held out in each GLM split.
+        n_splits: seeded held-out sets scored per grid point (their mean is compared).
+        max_train_bins: the GLMs of the choice are fitted on at most this many training bins
+            (the first ones; the baseline's final fits use them all).
+        temporal_fraction: share of each validation window's bins hidden (temporal choice).
+        window_bins: bins per validation window (temporal choice).
+        prior_bins: the baseline's shrinkage towards the training mean.
+        min_rate: the baseline's rate floor.
+        max_iter: Newton iterations per GLM fit.
+        seed: seeds the held-out sets and the hidden bins.
+        num_threads: torch threads during the GLM fits.
+    """
+    train = np.asarray(train_counts, np.float64)[:max_train_bins]
+    valid = np.asarray(valid_counts, np.float64)
+    if train.ndim != 2 or valid.ndim != 2 or train.shape[1] != valid.shape[1]:
+        raise ValueError(f"train and valid counts must be [T, N] with the same N, got "
+                         f"{train.shape} and {valid.shape}.")
+    if not sigma_grid or not l2_grid:
+        raise ValueError("sigma_grid and l2_grid need at least one value each.")
+    n = train.shape[1]
+    rng = np.random.default_rng(seed)
+    k = min(max(1, round(heldout_fraction * n)), n - 1)
+    splits = [np.sort(rng.choice(n, size=k, replace=False)) for _ in range(n_splits)]
+    min_log = math.log(min_rate)
+    mean_rate = np.maximum(train.mean(axis=0), min_rate)
+
+    glm_scores = {}
+    for sigma in sigma_grid:
+        s_train = gaussian_smooth_observed(train, np.ones(train.shape, bool), sigma)
+        s_valid = gaussian_smooth_observed(valid, np.ones(valid.shape, bool), sigma)
+        mu, sd = s_train.mean(axis=0), s_train.std(axis=0)
+        sd = np.where(sd > 1e-12, sd, 1.0)
+        x_train, x_valid = (s_train - mu) / sd, (s_valid - mu) / sd
+        for l2 in l2_grid:
+            scores = []
+            for out in splits:
+                held_in = np.setdiff1d(np.arange(n), out)
+                with torch_threads(num_threads):
+                    fit = fit_poisson_glm(x_train[:, held_in], train[:, out], l2=l2,
+                                          max_iter=max_iter, min_rate=min_rate)
+                eta = np.minimum(x_valid[:, held_in] @ fit.weight + fit.bias, fit.eta_max)
+                y = valid[:, out]
+                scores.append(_masked_bps(np.maximum(eta, min_log), y, np.ones(y.shape, bool)))
+            glm_scores[(float(sigma), float(l2))] = float(np.nanmean(scores))
+    best_sigma, best_l2 = max(glm_scores, key=lambda k: np.nan_to_num(glm_scores[k], nan=-np.inf))
+
+    # temporal choice: windows of the validation split, a share of each window's bins hidden
+    n_windows = valid.shape[0] // window_bins
+    temporal_scores = {}
+    if n_windows:
+        grid = valid[: n_windows * window_bins].reshape(n_windows, window_bins, n)
+        hidden = np.zeros(grid.shape, bool)
+        m = max(1, round(temporal_fraction * window_bins))
+        for w in range(n_windows):
+            hidden[w, rng.choice(window_bins, size=m, replace=False)] = True
+        for sigma in sigma_grid:
+            kernel = gaussian_kernel(sigma)
+            prior = prior_bins * kernel.max()
+            log_rate = np.empty(grid.shape)
+            for w in range(n_windows):
+                num, den = _smooth_num_den(grid[w], ~hidden[w], kernel)
+                log_rate[w] = np.log(np.maximum((num + prior * mean_rate) / (den + prior),
+                                                min_rate))
+            temporal_scores[float(sigma)] = _masked_bps(
+                log_rate.reshape(-1, n), grid.reshape(-1, n), hidden.reshape(-1, n))
+    best_temporal = (max(temporal_scores, key=lambda s: np.nan_to_num(temporal_scores[s], nan=-np.inf))
+                     if temporal_scores else best_sigma)
+    return SmoothingChoice(
+        sigma_bins=best_sigma, l2=best_l2, temporal_sigma_bins=best_temporal,
+        glm_scores=glm_scores, temporal_scores=temporal_scores,
+    )
+
+
 @dataclass
 class _Recording:
     num_units: int
+    sigma_bins: float  # kernel of the GLM features
+    temporal_sigma_bins: float  # kernel of the own-cells smoothing
+    l2: float
     smoothed: np.ndarray  # [T_train, N] float64 smoothed training counts (GLM features)
     counts: np.ndarray  # [T_train, N] float64 training counts (GLM targets)
     feat_mean: np.ndarray  # [N] mean of smoothed training counts
@@ -154,6 +285,14 @@ class SmoothingGLMBaseline:
             :class:`~neurobridge.data.binning.SplitCounts`); a recording not yet fitted is
             fitted from it when it is first predicted. A NeuroBridge task keys recordings by
             session id. ``None``: recordings are fitted only by :meth:`fit_recording`.
+        temporal_sigma_bins: kernel of the own-cells smoothing of partially masked units
+            (default ``sigma_bins``).
+        tune: ``{"sigma_grid": [...], "l2_grid": [...]}``: choose ``sigma_bins``, ``l2`` and
+            ``temporal_sigma_bins`` per recording on its validation split
+            (:func:`tune_smoothing`), as NLB tunes its smoothing baseline; the fixed values
+            apply to recordings without validation counts.
+        validation_counts: ``{key: counts()}`` like ``training_counts``, for the validation
+            splits that ``tune`` scores on.
 
     Attributes:
         num_glm_fits: number of GLM fits performed (cache misses), for monitoring.
@@ -173,8 +312,24 @@ class SmoothingGLMBaseline:
         prior_bins: float = 2.0,
         num_threads: int | None = 1,
         training_counts: Mapping[str, Callable[[], np.ndarray]] | None = None,
+        temporal_sigma_bins: float | None = None,
+        tune: Mapping[str, Sequence[float]] | None = None,
+        validation_counts: Mapping[str, Callable[[], np.ndarray]] | None = None,
     ) -> None:
         gaussian_kernel(sigma_bins)  # validates sigma_bins
+        if temporal_sigma_bins is not None:
+            gaussian_kernel(temporal_sigma_bins)
+        if tune is not None:
+            unknown = set(tune) - {"sigma_grid", "l2_grid"}
+            if unknown or not tune.get("sigma_grid") or not tune.get("l2_grid"):
+                raise ValueError(
+                    f"tune must be {{'sigma_grid': [...], 'l2_grid': [...]}} (non-empty), got "
+                    f"{dict(tune)}."
+                )
+            for sigma in tune["sigma_grid"]:
+                gaussian_kernel(sigma)
+            if any(v < 0 for v in tune["l2_grid"]):
+                raise ValueError(f"tune.l2_grid values must be >= 0, got {list(tune['l2_grid'])}.")
         if l2 < 0:
             raise ValueError(f"l2 must be >= 0, got {l2}.")
         if max_iter < 1:
@@ -192,31 +347,53 @@ class SmoothingGLMBaseline:
         self.prior_bins = float(prior_bins)
         self.num_threads = num_threads
         self.training_counts = dict(training_counts or {})
+        self.temporal_sigma_bins = (float(temporal_sigma_bins) if temporal_sigma_bins is not None
+                                    else self.sigma_bins)
+        self.tune = ({k: [float(v) for v in vals] for k, vals in tune.items()}
+                     if tune is not None else None)
+        self.validation_counts = dict(validation_counts or {})
+        #: ``{recording: SmoothingChoice}`` of the recordings whose settings were tuned
+        self.choices: dict[str, SmoothingChoice] = {}
         self.num_glm_fits = 0
         self._recordings: dict[str, _Recording] = {}
         self._glm_cache: dict[tuple[str, tuple[int, ...], tuple[int, ...]], PoissonGLMFit] = {}
 
     # ------------------------------------------------------------------ fitting
 
-    def fit_recording(self, recording_id: str, train_counts: np.ndarray) -> None:
+    def fit_recording(
+        self, recording_id: str, train_counts: np.ndarray, valid_counts: np.ndarray | None = None
+    ) -> None:
         """Store the smoothed training counts of one recording (GLMs are fitted lazily).
 
         Args:
             recording_id: key used in :meth:`predict_log_rate`.
             train_counts: ``[T_train, N]`` binned counts of the recording's whole training split,
                 binned with the model's bin size. Refitting a recording drops its cached GLMs.
+            valid_counts: ``[T_valid, N]`` its validation split; with ``tune`` set, the kernel
+                widths and L2 of this recording are chosen on it (:func:`tune_smoothing`, kept
+                in :attr:`choices`); without it the fixed settings are used.
         """
         counts = np.asarray(train_counts, dtype=np.float64)
         if counts.ndim != 2 or counts.shape[0] == 0 or counts.shape[1] == 0:
             raise ValueError(f"train_counts must be a non-empty [T, N] array, got {counts.shape}.")
         if not np.all(np.isfinite(counts)) or np.any(counts < 0):
             raise ValueError("train_counts must be finite and non-negative.")
-        smoothed = gaussian_smooth_observed(
-            counts, np.ones(counts.shape, dtype=bool), self.sigma_bins
-        )
+        sigma, temporal_sigma, l2 = self.sigma_bins, self.temporal_sigma_bins, self.l2
+        if self.tune is not None and valid_counts is not None and counts.shape[1] > 1:
+            choice = tune_smoothing(
+                counts, valid_counts, sigma_grid=self.tune["sigma_grid"],
+                l2_grid=self.tune["l2_grid"], prior_bins=self.prior_bins,
+                min_rate=self.min_rate, max_iter=self.max_iter, num_threads=self.num_threads,
+            )
+            self.choices[recording_id] = choice
+            sigma, temporal_sigma, l2 = choice.sigma_bins, choice.temporal_sigma_bins, choice.l2
+        smoothed = gaussian_smooth_observed(counts, np.ones(counts.shape, dtype=bool), sigma)
         std = smoothed.std(axis=0)
         self._recordings[recording_id] = _Recording(
             num_units=counts.shape[1],
+            sigma_bins=sigma,
+            temporal_sigma_bins=temporal_sigma,
+            l2=l2,
             smoothed=smoothed,
             counts=counts,
             feat_mean=smoothed.mean(axis=0),
@@ -237,7 +414,7 @@ class SmoothingGLMBaseline:
             x = (rec.smoothed[:, held_in] - rec.feat_mean[held_in]) / rec.feat_std[held_in]
             with torch_threads(self.num_threads):
                 fit = fit_poisson_glm(
-                    x, rec.counts[:, held_out], l2=self.l2, max_iter=self.max_iter,
+                    x, rec.counts[:, held_out], l2=rec.l2, max_iter=self.max_iter,
                     min_rate=self.min_rate,
                 )
             self._glm_cache[key] = fit
@@ -261,7 +438,9 @@ class SmoothingGLMBaseline:
             ``[T, N]`` float32 log-rates, finite on every cell.
         """
         if recording_id not in self._recordings and recording_id in self.training_counts:
-            self.fit_recording(recording_id, self.training_counts[recording_id]())
+            valid = self.validation_counts.get(recording_id)
+            self.fit_recording(recording_id, self.training_counts[recording_id](),
+                               valid() if valid is not None else None)
         if recording_id not in self._recordings:
             raise KeyError(f"Recording {recording_id!r} was not fitted; call fit_recording first.")
         rec = self._recordings[recording_id]
@@ -276,17 +455,24 @@ class SmoothingGLMBaseline:
         held_out = np.flatnonzero(masked.all(axis=0))
         held_in = np.flatnonzero(observed.all(axis=0))
 
-        kernel = gaussian_kernel(self.sigma_bins)
-        num, den = _smooth_num_den(counts, observed, kernel)
+        # GLM features: the held-in units smoothed with the GLM's kernel
+        num, den = _smooth_num_den(counts, observed, gaussian_kernel(rec.sigma_bins))
         smoothed = np.full(counts.shape, np.nan)
         np.divide(num, den, out=smoothed, where=den > 0)
+        if rec.temporal_sigma_bins != rec.sigma_bins:
+            kernel = gaussian_kernel(rec.temporal_sigma_bins)
+            num, den = _smooth_num_den(counts, observed, kernel)
+        else:
+            kernel = gaussian_kernel(rec.sigma_bins)
         if self.prior_bins > 0:
             # Gamma-prior shrinkage towards the training mean: `prior_bins` pseudo-bins (in units of
             # the kernel's peak weight) observed at the unit's training mean rate.
             prior = self.prior_bins * kernel.max()
             rate = (num + prior * rec.mean_rate[None, :]) / (den + prior)
         else:
-            rate = np.where(np.isnan(smoothed), rec.mean_rate[None, :], smoothed)
+            own = np.full(counts.shape, np.nan)
+            np.divide(num, den, out=own, where=den > 0)
+            rate = np.where(np.isnan(own), rec.mean_rate[None, :], own)
         rate = np.maximum(rate, self.min_rate)
         log_rate = np.log(rate)
 

@@ -76,13 +76,17 @@ def smoothing_baseline(
     or ``None`` when ``task.baseline`` is null or the data are values.
 
     Each session is fitted on its training split when the test first scores it (the baseline
-    holds only where to read the split until then, so copies of the module stay small).
+    holds only where to read the split until then, so copies of the module stay small); with
+    ``task.baseline.tune`` its kernel widths and L2 are chosen on its validation split first.
     """
     cfg = task_cfg.get("baseline")
     if not cfg or dm.modality is not Modality.SPIKES:
         return None
-    counts = {sid: dm.split_counts("train", rid) for sid, rid in dm.recording_of_session.items()}
-    return SmoothingGLMBaseline(**container(cfg), training_counts=counts)
+    sessions = dm.recording_of_session.items()
+    counts = {sid: dm.split_counts("train", rid) for sid, rid in sessions}
+    valid = {sid: dm.split_counts("valid", rid) for sid, rid in sessions
+             if len(dm.intervals["valid"][rid])}
+    return SmoothingGLMBaseline(**container(cfg), training_counts=counts, validation_counts=valid)
 
 
 def check_protocol(cfg: DictConfig) -> None:

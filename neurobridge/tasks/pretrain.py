@@ -186,6 +186,9 @@ class MaskedPretraining(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", whos=("model", "baseline", "oracle"))
+        for sid, choice in (self.baseline.choices if self.baseline is not None else {}).items():
+            for name in ("sigma_bins", "l2", "temporal_sigma_bins"):
+                self.log(f"test/baseline/{sid}/{name}", float(getattr(choice, name)))
 
     def _update_metrics(self, who: str, pred: Tensor, batch: MaskedBatch) -> None:
         mask = batch["query_mask"]
