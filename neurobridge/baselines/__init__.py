@@ -1,12 +1,25 @@
-"""Reference models scored next to NeuroBridge on the same masked cells."""
+"""Reference models scored next to NeuroBridge on the same masked cells: the smoothing + GLM
+baseline (tuned on validation) and the NDT-style masked transformer."""
 
+from .ndt import NDTEncoder, NDTMaskedModel, NDTReadout
 from .poisson_glm import PoissonGLMFit, fit_poisson_glm
-from .smoothing import SmoothingGLMBaseline, gaussian_kernel, gaussian_smooth_observed
+from .smoothing import (
+    SmoothingChoice,
+    SmoothingGLMBaseline,
+    gaussian_kernel,
+    gaussian_smooth_observed,
+    tune_smoothing,
+)
 
 __all__ = [
+    "NDTEncoder",
+    "NDTMaskedModel",
+    "NDTReadout",
     "PoissonGLMFit",
+    "SmoothingChoice",
     "SmoothingGLMBaseline",
     "fit_poisson_glm",
     "gaussian_kernel",
     "gaussian_smooth_observed",
+    "tune_smoothing",
 ]

@@ -258,6 +258,7 @@ class NeuralDataModule(L.LightningDataModule):
             value_key=self.value_key,
             spike_values=self.spike_values if values else None,
             spike_value_stats=self.spike_value_stats if values else None,
+            binned_inputs=getattr(encoder, "reads_binned_counts", False),
         )
 
     @property

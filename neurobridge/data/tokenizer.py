@@ -64,6 +64,10 @@ class MaskedTokenizer:
         spike_value_stats: ``{session_id: (mean, std)}``, per-unit ``[n_units]`` statistics
             of the spike-derived values; spike-derived values (and their ground truth) of
             those sessions are standardised as ``(value - mean) / std``.
+        binned_inputs: ``"spikes"`` only: give the encoder the masked counts per (unit, bin)
+            (``input_counts``, ``input_observed`` ``[units, bins]``, ``input_unit_index``,
+            ``input_session_index``) instead of spike tokens, for encoders that read binned
+            counts (``reads_binned_counts``, the NDT-style peer).
     """
 
     def __init__(
@@ -81,10 +85,14 @@ class MaskedTokenizer:
         value_key: str = "mua.values",
         spike_values: str | None = None,
         spike_value_stats: Mapping[str, tuple[np.ndarray, np.ndarray]] | None = None,
+        binned_inputs: bool = False,
     ):
         self.modality = Modality.parse(modality, "modality")
         check_spike_values(spike_values, self.modality)
         self.spike_values = spike_values
+        if binned_inputs and self.modality is not Modality.SPIKES:
+            raise ValueError("binned_inputs reads spike counts: it needs modality='spikes'.")
+        self.binned_inputs = binned_inputs
         self.spike_value_stats = {
             str(k): (np.asarray(m, dtype=np.float32), np.asarray(sd, dtype=np.float32))
             for k, (m, sd) in (spike_value_stats or {}).items()
@@ -295,7 +303,9 @@ class MaskedTokenizer:
         return self._tokens(data, self.global_unit_index(data), grid, mask)
 
     def _tokens(self, data: Data, unit_index: np.ndarray, grid, mask: np.ndarray) -> dict:
-        if self.modality is Modality.SPIKES:
+        if self.binned_inputs:
+            out = self._binned_inputs(data, unit_index, grid, mask)
+        elif self.modality is Modality.SPIKES:
             out = self._spike_tokens(data, unit_index, mask)
         else:
             out = self._value_tokens(grid, unit_index, mask)
@@ -322,6 +332,16 @@ class MaskedTokenizer:
             "input_timestamps": pad8(times),
             "input_token_type": pad8(token_type),
             "input_mask": track_mask8(units),
+        }
+
+    def _binned_inputs(self, data: Data, unit_index: np.ndarray, grid, mask: np.ndarray) -> dict:
+        """Masked counts per (unit, bin), units first so pad8 pads across sessions."""
+        counts = self._spike_counts(data, len(unit_index)) if grid is None else grid
+        return {
+            "input_counts": pad8(np.ascontiguousarray(np.where(mask, 0, counts).T, np.float32)),
+            "input_observed": pad8(np.ascontiguousarray(~mask.T)),
+            "input_unit_index": pad8(unit_index),
+            "input_session_index": self.session_vocab[str(data.session.id)],
         }
 
     def _value_tokens(self, grid: np.ndarray, unit_index: np.ndarray, mask: np.ndarray) -> dict:

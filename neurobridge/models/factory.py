@@ -22,6 +22,7 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from neurobridge.baselines.ndt import NDTEncoder, NDTMaskedModel, NDTReadout
 from neurobridge.models.aligned import AlignmentModel
 from neurobridge.models.encoders import NeuroBridgeCaPOYO, NeuroBridgePOYO
 from neurobridge.models.masked_model import MaskedModel
@@ -41,9 +42,13 @@ __all__ = [
 ENCODERS: dict[str, type] = {
     "neurobridge.models.NeuroBridgePOYO": NeuroBridgePOYO,
     "neurobridge.models.NeuroBridgeCaPOYO": NeuroBridgeCaPOYO,
+    "neurobridge.baselines.NDTEncoder": NDTEncoder,
 }
 #: ``_target_`` of ``model.decoder`` → class.
-DECODERS: dict[str, type] = {"neurobridge.models.TargetSequenceDecoder": TargetSequenceDecoder}
+DECODERS: dict[str, type] = {
+    "neurobridge.models.TargetSequenceDecoder": TargetSequenceDecoder,
+    "neurobridge.baselines.NDTReadout": NDTReadout,
+}
 
 
 def _lookup(registry: Mapping[str, type], cfg: Mapping, where: str) -> tuple[type, dict]:
@@ -85,6 +90,21 @@ def build_masked_model(
     """
     enc_cls, enc_kwargs = _lookup(ENCODERS, config["encoder"], f"{where}.encoder")
     encoder = enc_cls(**enc_kwargs)
+    mode_prompt = bool(config.get("mode_prompt", False))
+    if enc_cls is NDTEncoder:  # the NDT-style peer (neurobridge.baselines.ndt)
+        dec_cls, dec_kwargs = _lookup(DECODERS, config["decoder"], f"{where}.decoder")
+        if dec_cls is not NDTReadout:
+            raise ValueError(f"{where}.decoder of an NDTEncoder must be NDTReadout.")
+        dec_kwargs.setdefault("dim", encoder.dim)
+        model = NDTMaskedModel(encoder=encoder, decoder=dec_cls(**dec_kwargs),
+                               mode_prompt=mode_prompt)
+        model.initialize_vocab(unit_ids, session_ids)
+        model.config = {
+            "encoder": {"_target_": config["encoder"]["_target_"], **enc_kwargs},
+            "decoder": {"_target_": config["decoder"]["_target_"], **dec_kwargs},
+            "mode_prompt": mode_prompt,
+        }
+        return model
     if unit_ids is not None:
         encoder.unit_emb.initialize_vocab(list(unit_ids))
     if session_ids is not None:
@@ -93,7 +113,6 @@ def build_masked_model(
     dec_kwargs.setdefault("dim", encoder.dim)
     dec_kwargs.setdefault("unit_emb_dim", encoder.unit_emb_dim)
     decoder = dec_cls(**dec_kwargs)
-    mode_prompt = bool(config.get("mode_prompt", False))
     model = MaskedModel(encoder=encoder, decoder=decoder, mode_prompt=mode_prompt)
     model.config = {
         "encoder": {"_target_": config["encoder"]["_target_"], **enc_kwargs},

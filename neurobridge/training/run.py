@@ -40,10 +40,12 @@ log = logging.getLogger(__name__)
 def _validate(cfg: DictConfig, task: Task) -> None:
     """Reject config errors before any data is touched."""
     enc = cfg.model.encoder
+    # the NDT-style peer (model=ndt) has no latents, rotary heads or latent grid of its own
     for key in ("dim", "dim_head", "depth", "num_latents_per_step"):
-        if int(enc[key]) < 1:
+        if key in enc and int(enc[key]) < 1:
             raise ValueError(f"model.encoder.{key} must be >= 1, got {enc[key]}.")
-    heads = {"model.encoder": enc.dim_head, "model.decoder": cfg.model.decoder.dim_head}
+    heads = {where: node.dim_head for where, node in (("model.encoder", enc),
+             ("model.decoder", cfg.model.decoder)) if "dim_head" in node}
     if "readout" in cfg.task:
         heads["task.readout"] = cfg.task.readout.dim_head
     for where, dim_head in heads.items():
@@ -58,7 +60,7 @@ def _validate(cfg: DictConfig, task: Task) -> None:
             f"model.encoder.dim must be even for CaPOYO (half value embedding, half unit "
             f"embedding), got {enc.dim}."
         )
-    seq, step = float(enc.sequence_length), float(enc.latent_step)
+    seq, step = float(enc.sequence_length), float(enc.get("latent_step", cfg.data.bin_size))
     if abs(seq / step - round(seq / step)) > 1e-6:
         raise ValueError(
             f"model.encoder.sequence_length ({seq}) must be a multiple of latent_step ({step})."
@@ -91,7 +93,7 @@ def _validate(cfg: DictConfig, task: Task) -> None:
     if task.build is not None and reads is not data_modality:
         raise ValueError(
             f"model.encoder ({enc._target_}) and data.modality ({cfg.data.modality!r}) disagree: "
-            "POYO reads spikes (data.modality=spikes), CaPOYO reads continuous values "
+            "POYO (and model=ndt) read spikes (data.modality=spikes), CaPOYO reads continuous values "
             "(data.modality=values, e.g. data=synthetic_mua model=capoyo_small)."
         )
 
