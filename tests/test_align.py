@@ -64,6 +64,10 @@ def test_align_freezes_the_encoder_and_writes_retrieval_metrics(visual_root, pre
     for key in ("test/retrieval_top1", "test/retrieval_top5", "test/two_way",
                 "test/retrieval_image_to_neural_top5"):
         assert 0.0 <= metrics[key] <= 1.0
+    # the ridge peer, on the same presentations and targets: the synthetic units respond to the
+    # images, so evoked counts identify them well above chance
+    assert metrics["test/ridge/two_way"] > 0.6
+    assert metrics["test/ridge/retrieval_top5"] > 2 * metrics["test/retrieval_chance_top5"]
 
     aligned = load_alignment_model(tmp_path / "align" / "checkpoints" / "last.ckpt")
     after = {f"model.{k}": v for k, v in aligned.state_dict().items() if torch.is_tensor(v)}

@@ -1,5 +1,6 @@
 """Visual alignment: CLIP image targets (open_clip, imported on first use) and their cache,
-the contrastive loss, retrieval metrics and the neural embeddings of an aligned model.
+the contrastive loss, retrieval metrics, the neural embeddings of an aligned model, and the
+ridge readout scored next to it.
 
 The aligned network itself (masked model + readout + projector, all ``nn.Module`` s) lives in
 :mod:`neurobridge.models` (:class:`~neurobridge.models.AlignmentModel`,
@@ -12,6 +13,7 @@ from .embedding_cache import EmbeddingCache, embed_image_source, write_embedding
 from .infonce import LogitScale, clip_infonce
 from .neural_embeddings import mean_test_embeddings, neural_clip_embedding
 from .retrieval import RetrievalMetrics, TwoWayIdentification, two_way_identification
+from .ridge import evoked_counts, fit_ridge, ridge_readout_scores
 
 __all__ = [
     "TINY_MODEL_NAME",
@@ -27,4 +29,7 @@ __all__ = [
     "RetrievalMetrics",
     "TwoWayIdentification",
     "two_way_identification",
+    "evoked_counts",
+    "fit_ridge",
+    "ridge_readout_scores",
 ]

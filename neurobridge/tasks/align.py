@@ -21,6 +21,7 @@ from neurobridge.alignment import (
     build_clip_image_encoder,
     clip_infonce,
     embed_image_source,
+    ridge_readout_scores,
     write_embedding_cache,
 )
 from neurobridge.data import (
@@ -318,5 +319,15 @@ def plot_retrieval(module: AlignmentTraining, dm: StimulusDataModule, run_dir: P
     plots.plot_retrieval(module, dm, Path(run_dir) / "retrieval.png")
 
 
+def ridge_readout(module: AlignmentTraining, dm: StimulusDataModule, cfg: DictConfig,
+                  run_dir: Path) -> dict[str, float]:
+    """``task.ridge``: the ridge readout from evoked counts, fitted and scored on the same
+    presentations and targets (``test/ridge/...``; spikes only; null skips it)."""
+    ridge = cfg.task.get("ridge")
+    if not ridge or not module.is_spiking:
+        return {}
+    return ridge_readout_scores(module, dm, **container(ridge))
+
+
 TASK = Task(name="align", build=build_alignment, checkpoint_kind=CHECKPOINT_KIND,
-            plots=plot_retrieval)
+            plots=plot_retrieval, after_test=ridge_readout)

@@ -1,0 +1,97 @@
+"""Ridge readout: the linear peer of the learned alignment readout.
+
+Per recording, the evoked spike counts of each presentation (``bins`` of ``bin_size`` seconds
+from onset, every unit: ``[units * bins]`` features, z-scored with the training presentations'
+mean and std) are mapped to the presented image's CLIP embedding (the same, centred, targets
+as the alignment task) by ridge regression fitted on the training presentations. The penalty is
+chosen per recording among ``alphas`` by the validation presentations' mean cosine with their
+target; the test presentations are then scored with the alignment task's own retrieval and
+2-way metrics (``test/ridge/retrieval_top1``, ``test/ridge/retrieval_top5``,
+``test/ridge/two_way``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from neurobridge.alignment.retrieval import RetrievalMetrics, TwoWayIdentification
+from neurobridge.data.binning import bin_spikes
+
+__all__ = ["evoked_counts", "fit_ridge", "ridge_readout_scores"]
+
+
+def evoked_counts(data, onsets: Sequence[float], *, bin_size: float, n_bins: int) -> np.ndarray:
+    """``[P, units * n_bins]`` spike counts of ``n_bins`` bins of ``bin_size`` s after each onset."""
+    n_units = len(data.units.id)
+    out = np.zeros((len(onsets), n_units * n_bins), dtype=np.float64)
+    for i, t in enumerate(onsets):
+        window = data.slice(float(t), float(t) + n_bins * bin_size)
+        counts = bin_spikes(window.spikes.timestamps, window.spikes.unit_index, num_units=n_units,
+                            start=0.0, end=n_bins * bin_size, bin_size=bin_size)
+        out[i] = counts.T.reshape(-1)
+    return out
+
+
+def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(W [F, D], b [D])`` minimising ``||x W + b - y||^2 + alpha ||W||^2`` (x centred inside)."""
+    x_mean, y_mean = x.mean(axis=0), y.mean(axis=0)
+    xc, yc = x - x_mean, y - y_mean
+    n, f = xc.shape
+    if f <= n:
+        w = np.linalg.solve(xc.T @ xc + alpha * np.eye(f), xc.T @ yc)
+    else:  # the dual form is cheaper with more features than presentations
+        w = xc.T @ np.linalg.solve(xc @ xc.T + alpha * np.eye(n), yc)
+    return w, y_mean - x_mean @ w
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return float((a * b).sum(axis=1).mean())
+
+
+def ridge_readout_scores(
+    module, dm, *, bin_size: float = 0.1, n_bins: int = 4,
+    alphas: Sequence[float] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5),
+) -> dict[str, float]:
+    """Fit and score the ridge readout on ``dm``'s stimulus windows; ``module`` is the
+    alignment task's LightningModule (its image embeddings, split rows and metrics)."""
+    targets = module.image_embeddings.double().cpu().numpy()
+    first, n_test = module.split_rows["test"]
+    retrieval = RetrievalMetrics(
+        candidates=module.image_embeddings[first : first + n_test].float().cpu())
+    two_way = TwoWayIdentification()
+    chosen = {}
+    for rid in dm.dataset.recording_ids:
+        data = dm.dataset.get_recording(rid)
+        parts = {}
+        for split in ("train", "valid", "test"):
+            windows = [w for w in dm.stimulus.windows[split] if w.recording_id == rid]
+            rows = np.array([dm.image_rows[w.image_id] for w in windows], dtype=np.int64)
+            x = evoked_counts(data, [w.onset for w in windows], bin_size=bin_size, n_bins=n_bins)
+            parts[split] = (x, rows)
+        (x_tr, r_tr), (x_va, r_va), (x_te, r_te) = parts["train"], parts["valid"], parts["test"]
+        if not len(r_tr) or not len(r_te):
+            continue
+        mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0)
+        sd = np.where(sd > 1e-12, sd, 1.0)
+        z = [(x - mu) / sd for x in (x_tr, x_va, x_te)]
+        scores = {}
+        for alpha in alphas:
+            w, b = fit_ridge(z[0], targets[r_tr], alpha)
+            scores[alpha] = _cosine(z[1] @ w + b, targets[r_va]) if len(r_va) else 0.0
+        alpha = max(scores, key=scores.get)
+        chosen[rid] = alpha
+        w, b = fit_ridge(z[0], targets[r_tr], alpha)
+        pred = torch.as_tensor(z[2] @ w + b, dtype=torch.float32)
+        retrieval.update(pred, torch.as_tensor(r_te - first))
+        two_way.update(pred, torch.as_tensor(targets[r_te], dtype=torch.float32))
+    results = retrieval.compute()
+    out = {f"test/ridge/retrieval_{k}": float(v) for k, v in results.items()
+           if k in ("top1", "top5", "image_to_neural_top1", "image_to_neural_top5")}
+    out["test/ridge/two_way"] = float(two_way.compute())
+    out.update({f"test/ridge/{rid}/alpha": float(a) for rid, a in chosen.items()})
+    return out
