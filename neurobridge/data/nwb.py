@@ -215,9 +215,16 @@ def interval_extent(nwbfile) -> tuple[float, float]:
     return lo, hi
 
 
-def find_nwb_files(sources: str | Path | Sequence[str | Path]) -> list[Path]:
-    """The ``.nwb`` files of ``sources`` (files, or folders searched recursively, as DANDI lays
-    them out: ``sub-<subject>/sub-<subject>_ses-<session>.nwb``)."""
+def find_nwb_files(
+    sources: str | Path | Sequence[str | Path],
+    *,
+    patterns: Sequence[str] = ("**/*.nwb",),
+    what: str = "NWB file",
+    hint: str = "",
+) -> list[Path]:
+    """The ``.nwb`` files of ``sources``: files, or folders searched with the first of
+    ``patterns`` that matches (by default recursively, as DANDI lays them out:
+    ``sub-<subject>/sub-<subject>_ses-<session>.nwb``)."""
     if isinstance(sources, (str, Path)):
         sources = [sources]
     found: list[Path] = []
@@ -225,14 +232,17 @@ def find_nwb_files(sources: str | Path | Sequence[str | Path]) -> list[Path]:
         if source.is_file():
             found.append(source)
         elif source.is_dir():
-            files = sorted(source.rglob("*.nwb"))
+            files = next((f for f in (sorted(source.glob(p)) for p in patterns) if f), [])
             if not files:
-                raise FileNotFoundError(f"No NWB file (*.nwb) in {source} or its sub-folders.")
+                raise FileNotFoundError(
+                    f"No NWB file in {source} (looked for {' and '.join(patterns)})."
+                    + (f" {hint}" if hint else "")
+                )
             found.extend(files)
         else:
-            raise FileNotFoundError(f"NWB file or folder {source} not found.")
+            raise FileNotFoundError(f"{what} or folder {source} not found.")
     if not found:
-        raise FileNotFoundError("No NWB file or folder given.")
+        raise FileNotFoundError(f"No {what} or folder given.")
     return found
 
 

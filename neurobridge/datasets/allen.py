@@ -81,6 +81,7 @@ from temporaldata import Data
 from neurobridge.data.images import IMAGE_FOLDER
 from neurobridge.data.nwb import (
     column,
+    find_nwb_files,
     interval_extent,
     numbers,
     open_nwb,
@@ -144,25 +145,8 @@ def template_name(frame: int) -> str:
 def find_sessions(sources: str | Path | Sequence[str | Path]) -> list[Path]:
     """The NWB files of ``sources``, each an ``.nwb`` file or a folder (an AllenSDK cache:
     ``session_*/session_*.nwb``, else the ``*.nwb`` files directly in it)."""
-    if isinstance(sources, (str, Path)):
-        sources = [sources]
-    found: list[Path] = []
-    for source in map(Path, sources):
-        if source.is_file():
-            found.append(source)
-        elif source.is_dir():
-            files = sorted(source.glob("session_*/session_*.nwb")) or sorted(source.glob("*.nwb"))
-            if not files:
-                raise FileNotFoundError(
-                    f"No NWB file in {source} (looked for session_*/session_*.nwb and *.nwb). "
-                    f"{_LAYOUT_HINT}"
-                )
-            found.extend(files)
-        else:
-            raise FileNotFoundError(f"Allen NWB file or folder {source} not found.")
-    if not found:
-        raise FileNotFoundError("No Allen NWB file or folder given.")
-    return found
+    return find_nwb_files(sources, patterns=("session_*/session_*.nwb", "*.nwb"),
+                          what="Allen NWB file", hint=_LAYOUT_HINT)
 
 
 def _recording_id(path: Path) -> str:
