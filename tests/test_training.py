@@ -40,8 +40,10 @@ def test_pretraining_learns_and_writes_the_contract_outputs(small_recordings, tm
     assert untrained["test/co_bps"] < 0 < metrics["test/co_bps"] < metrics["test/oracle/co_bps"]
 
 
+@pytest.mark.slow
 def test_per_cell_decoder_learns_from_a_sample_of_masked_cells(small_recordings, tmp_path):
-    """The per-cell decoder (attention blocks per decoded cell) on 384 masked cells a window."""
+    """The per-cell decoder (attention blocks per decoded cell) on 384 masked cells a window
+    (about 100 s on 2 cores: ``pytest -m slow``; the default suite keeps the default decoder)."""
     from neurobridge.training import load_masked_model
 
     cfg = _cfg(["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null",
