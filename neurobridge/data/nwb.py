@@ -484,7 +484,7 @@ def _convert_one(
         last = max((t[-1] for t in spike_times if t.size), default=-math.inf)
         if domain_from == "extent":
             lo, hi = interval_extent(nwbfile)
-            t0, t1 = min(0.0, lo, first), float(np.nextafter(max(hi, last), math.inf))
+            t0, t1 = float(min(lo, first)), float(np.nextafter(max(hi, last), math.inf))
         else:
             table = trials if domain_from == "trials" else epochs
             if table is None or len(table) == 0:
@@ -587,7 +587,8 @@ def convert_nwb(
         region_column: units column with each unit's region; default: the first of
             :data:`REGION_COLUMNS` present, else the ``location`` of each unit's electrode, else
             one region (with a warning). Empty locations become ``"unknown"`` (counted).
-        domain_from: ``"extent"`` (first to last spike or interval), ``"trials"`` or
+        domain_from: ``"extent"`` (first spike or interval start to last spike or interval
+            stop), ``"trials"`` or
             ``"epochs"`` (first start to last stop of that table; spikes outside are dropped,
             counted).
         split: ``"blocks"`` (interleaved blocks of ``block_length`` s; with a stimulus table,
