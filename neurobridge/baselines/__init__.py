@@ -1,7 +1,10 @@
 """Reference models scored next to NeuroBridge on the same masked cells: the smoothing + GLM
-baseline (tuned on validation) and the NDT-style masked transformer."""
+baseline (tuned on validation) and the NDT-style masked transformer (an ``nn.Module`` built by
+the model factory, so it lives in :mod:`neurobridge.models.ndt`; exported here with the other
+peers)."""
 
-from .ndt import NDTEncoder, NDTMaskedModel, NDTReadout
+from neurobridge.models.ndt import NDTEncoder, NDTMaskedModel, NDTReadout
+
 from .poisson_glm import PoissonGLMFit, fit_poisson_glm
 from .smoothing import (
     SmoothingChoice,

@@ -22,10 +22,10 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from neurobridge.baselines.ndt import NDTEncoder, NDTMaskedModel, NDTReadout
 from neurobridge.models.aligned import AlignmentModel
 from neurobridge.models.encoders import NeuroBridgeCaPOYO, NeuroBridgePOYO
 from neurobridge.models.masked_model import MaskedModel
+from neurobridge.models.ndt import NDTEncoder, NDTMaskedModel, NDTReadout
 from neurobridge.models.readout import LatentReadout, NeuralProjector
 from neurobridge.models.target_decoder import TargetSequenceDecoder
 
@@ -91,7 +91,7 @@ def build_masked_model(
     enc_cls, enc_kwargs = _lookup(ENCODERS, config["encoder"], f"{where}.encoder")
     encoder = enc_cls(**enc_kwargs)
     mode_prompt = bool(config.get("mode_prompt", False))
-    if enc_cls is NDTEncoder:  # the NDT-style peer (neurobridge.baselines.ndt)
+    if enc_cls is NDTEncoder:  # the NDT-style peer (neurobridge.models.ndt)
         dec_cls, dec_kwargs = _lookup(DECODERS, config["decoder"], f"{where}.decoder")
         if dec_cls is not NDTReadout:
             raise ValueError(f"{where}.decoder of an NDTEncoder must be NDTReadout.")

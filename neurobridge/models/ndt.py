@@ -149,7 +149,7 @@ class NDTReadout(nn.Module):
 class NDTMaskedModel(Shareable, nn.Module):
     """The NDT-style encoder and read-out behind the :class:`~neurobridge.models.MaskedModel`
     interface (same ``forward`` arguments and outputs), so masked pretraining, evaluation and
-    checkpoints treat both the same. Build it with
+    checkpoints treat both the same (also exported as ``neurobridge.baselines.NDTMaskedModel``). Build it with
     :func:`~neurobridge.models.build_masked_model` from ``configs/model/ndt.yaml``."""
 
     pretrained_kind = "masked_model"
