@@ -31,10 +31,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-from torch_brain.data import collate
 
 from neurobridge.baselines import SmoothingGLMBaseline
 from neurobridge.data import NeuralDataModule
+from neurobridge.data.collate import collate
 from neurobridge.io import atomic_path
 
 __all__ = [
@@ -161,7 +161,8 @@ def nlb_evaluate(
         mask[observed_bins:, :] = True
         rates, counts, base = [], [], []
         for b0 in range(0, len(starts), batch_size):
-            windows = [data.slice(t, t + tokenizer.sequence_length) for t in starts[b0:b0 + batch_size]]
+            windows = [dm.dataset.window(rid, t, t + tokenizer.sequence_length)
+                       for t in starts[b0:b0 + batch_size]]
             samples = [tokenizer.sample(w, mask, mode="neuron", unmasked_queries=mask.size)
                        for w in windows]
             batch = _to_device(collate(samples), device)

@@ -12,7 +12,7 @@ target; the test presentations are then scored with the alignment task's own ret
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -23,12 +23,15 @@ from neurobridge.data.binning import bin_spikes
 __all__ = ["evoked_counts", "fit_ridge", "ridge_readout_scores"]
 
 
-def evoked_counts(data, onsets: Sequence[float], *, bin_size: float, n_bins: int) -> np.ndarray:
-    """``[P, units * n_bins]`` spike counts of ``n_bins`` bins of ``bin_size`` s after each onset."""
-    n_units = len(data.units.id)
+def evoked_counts(cut: Callable, onsets: Sequence[float], *, n_units: int, bin_size: float,
+                  n_bins: int) -> np.ndarray:
+    """``[P, n_units * n_bins]`` spike counts of ``n_bins`` bins of ``bin_size`` s after each
+    onset; ``cut(start, end)`` returns a window of the recording (a
+    :class:`~neurobridge.data.windows.RecordingReader`'s ``window``, or temporaldata's
+    ``Data.slice``)."""
     out = np.zeros((len(onsets), n_units * n_bins), dtype=np.float64)
     for i, t in enumerate(onsets):
-        window = data.slice(float(t), float(t) + n_bins * bin_size)
+        window = cut(float(t), float(t) + n_bins * bin_size)
         counts = bin_spikes(window.spikes.timestamps, window.spikes.unit_index, num_units=n_units,
                             start=0.0, end=n_bins * bin_size, bin_size=bin_size)
         out[i] = counts.T.reshape(-1)
@@ -66,12 +69,13 @@ def ridge_readout_scores(
     two_way = TwoWayIdentification()
     chosen = {}
     for rid in dm.dataset.recording_ids:
-        data = dm.dataset.get_recording(rid)
+        reader = dm.dataset.reader(rid)
         parts = {}
         for split in ("train", "valid", "test"):
             windows = [w for w in dm.stimulus.windows[split] if w.recording_id == rid]
             rows = np.array([dm.image_rows[w.image_id] for w in windows], dtype=np.int64)
-            x = evoked_counts(data, [w.onset for w in windows], bin_size=bin_size, n_bins=n_bins)
+            x = evoked_counts(reader.window, [w.onset for w in windows], n_units=len(reader.units.id),
+                              bin_size=bin_size, n_bins=n_bins)
             parts[split] = (x, rows)
         (x_tr, r_tr), (x_va, r_va), (x_te, r_te) = parts["train"], parts["valid"], parts["test"]
         if not len(r_tr) or not len(r_te):

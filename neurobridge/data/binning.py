@@ -103,11 +103,23 @@ def bin_regular(
     t = np.arange(values.shape[0]) / sampling_rate
     bins = np.floor(t / bin_size + 1e-9).astype(np.int64)
     keep = bins < n_bins
+    bins, values = bins[keep], values[keep]
+    counts = np.bincount(bins, minlength=n_bins)
+    # each bin's samples are consecutive (time order): add the j-th sample of every bin at once,
+    # j = 0, 1, ... (the sequential per-bin sum of np.add.at)
     sums = np.zeros((n_bins, values.shape[1]))
-    np.add.at(sums, bins[keep], values[keep])
-    counts = np.bincount(bins[keep], minlength=n_bins)[:, None]
+    if counts.max() == 0:
+        return np.full(sums.shape, np.nan, dtype=np.float32)
+    if counts.min() == counts.max():  # the same number per bin: a reshape
+        for part in values.reshape(n_bins, counts[0], -1).transpose(1, 0, 2):
+            sums += part
+        return (sums / counts[0]).astype(np.float32)
+    within = np.arange(len(bins)) - np.searchsorted(bins, bins)
+    for j in range(int(within.max(initial=-1)) + 1):
+        at = within == j
+        sums[bins[at]] += values[at]
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = sums / counts
+        out = sums / counts[:, None]
     return out.astype(np.float32)
 
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from temporaldata import Interval
 from torch.utils.data import DataLoader
-from torch_brain.data import collate
 
 from neurobridge.data.binning import SplitCounts
+from neurobridge.data.collate import BatchLoader
 from neurobridge.data.dataset import RecordingDataset
 from neurobridge.data.images import IMAGE_FOLDER
 from neurobridge.data.samplers import (
@@ -271,13 +272,13 @@ class NeuralDataModule(L.LightningDataModule):
 
     # ----------------------------------------------------------- dataloaders
     def _loader(self, sampler, batch_size: int) -> DataLoader:
-        return DataLoader(
+        return BatchLoader(
             self.dataset,
             sampler=sampler,
             batch_size=batch_size,
-            collate_fn=collate,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
         )
 
     def train_dataloader(self) -> DataLoader:

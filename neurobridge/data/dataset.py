@@ -12,6 +12,7 @@ from torch_brain.dataset import Dataset
 
 from neurobridge.data.index import SPLITS, WindowIndex
 from neurobridge.data.spike_values import SPIKE_VALUES, check_spike_values
+from neurobridge.data.windows import RecordingReader, Window
 from neurobridge.modality import Modality
 
 __all__ = ["RecordingDataset"]
@@ -77,6 +78,7 @@ class RecordingDataset(Dataset):
         self.value_key = value_key
         self.spike_values = spike_values
         self.tokenizer = tokenizer
+        self._readers: dict[str, RecordingReader] = {}
         #: ``{recording_id: "value_series" | "spikes"}``: where a ``values`` run reads each
         #: recording's values (``"spikes"`` for every recording of a ``spikes`` run).
         self.value_sources = {
@@ -89,8 +91,33 @@ class RecordingDataset(Dataset):
     def __getitem__(self, index: WindowIndex) -> dict:
         if self.tokenizer is None:
             raise RuntimeError("RecordingDataset.tokenizer is not set; the data module sets it.")
-        window = self.get_recording(index.recording_id).slice(index.start, index.end)
-        return self.tokenizer(window, index)
+        return self.tokenizer(self.window(index.recording_id, index.start, index.end), index)
+
+    def reader(self, recording_id: str) -> RecordingReader:
+        """The process's :class:`~neurobridge.data.windows.RecordingReader` of a recording
+        (the file is read when first asked for)."""
+        reader = self._readers.get(recording_id)
+        if reader is None:
+            if recording_id not in self.recording_ids:
+                raise KeyError(f"No recording {recording_id!r} in {self.root}.")
+            reader = self._readers[recording_id] = RecordingReader(self.root / f"{recording_id}.h5")
+        return reader
+
+    def window(self, recording_id: str, start: float, end: float) -> Window:
+        """The window ``[start, end)`` of a recording, cut by its :meth:`reader`."""
+        return self.reader(recording_id).window(start, end)
+
+    def reference_window(self, recording_id: str, start: float, end: float) -> Data:
+        """The same window cut by temporaldata (``get_recording(...).slice``): the reference
+        :meth:`window` is tested against, and the one to use for fields a reader does not cut
+        (intervals, nested data)."""
+        return self.get_recording(recording_id).slice(start, end)
+
+    def __getstate__(self) -> dict:
+        # DataLoader workers open their own readers: memory maps are not pickled
+        state = self.__dict__.copy()
+        state["_readers"] = {}
+        return state
 
     def split_intervals(self, split: str) -> dict[str, Interval]:
         """``{recording_id: Interval}`` of the split's domain in each recording."""

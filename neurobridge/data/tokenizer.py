@@ -32,6 +32,7 @@ from neurobridge.data.spike_values import (
     spike_values_from_counts,
 )
 from neurobridge.masking import MASKING_MODES, MaskingController
+from neurobridge.memo import MemoByIdentity
 from neurobridge.modality import Modality
 
 __all__ = ["MaskedTokenizer"]
@@ -111,13 +112,17 @@ class MaskedTokenizer:
         )
         self.bin_centers = ((np.arange(self.n_bins) + 0.5) * self.bin_size).astype(np.float32)
         self._warned_regions: set[str] = set()
+        self._start_end: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+        # per-recording lookups, made once for the units arrays a RecordingReader shares
+        self._unit_index = MemoByIdentity(self._unit_index_of)
+        self._regions = MemoByIdentity(_as_str)
 
     # ------------------------------------------------------------------ helpers
     def unit_regions(self, data: Data) -> np.ndarray:
         """``[n_units]`` region labels; one shared label (with a warning) if the field is absent."""
         units = data.units
         if self.region_key in units.keys():
-            return np.asarray(getattr(units, self.region_key)).astype(str)
+            return self._regions(getattr(units, self.region_key))
         sid = str(data.session.id)
         if sid not in self._warned_regions:
             self._warned_regions.add(sid)
@@ -131,12 +136,16 @@ class MaskedTokenizer:
         return np.full(len(units.id), UNKNOWN_REGION)
 
     def global_unit_index(self, data: Data) -> np.ndarray:
-        ids = np.asarray(data.units.id).astype(str)
+        """``[n_units]`` vocabulary index of each unit (a fresh array)."""
+        return self._unit_index(data.units.id, data.session.id).copy()
+
+    def _unit_index_of(self, unit_ids: np.ndarray, session_id) -> np.ndarray:
         try:
-            return np.array([self.unit_vocab[u] for u in ids], dtype=np.int64)
+            return np.array([self.unit_vocab[u] for u in np.asarray(unit_ids).astype(str)],
+                            dtype=np.int64)
         except KeyError as err:
             raise KeyError(
-                f"Unit {err.args[0]!r} of session {data.session.id!r} is not in the model's unit "
+                f"Unit {err.args[0]!r} of session {session_id!r} is not in the model's unit "
                 "vocabulary. Initialise the vocabulary from these recordings, or add the new "
                 "units to a trained model with encoder.unit_emb.extend_vocab(unit_ids)."
             ) from None
@@ -320,9 +329,7 @@ class MaskedTokenizer:
         keep = ~mask[bins, local]
         # start/end tokens only for units that keep at least one visible cell
         visible_units = np.flatnonzero(~mask.all(axis=0))
-        se_type, se_unit, se_ts = create_start_end_unit_tokens(
-            visible_units, 0.0, self.sequence_length
-        )
+        se_type, se_unit, se_ts = self._start_end_tokens(len(visible_units))
         se_unit = visible_units[se_unit]
         token_type = np.concatenate([se_type, np.zeros(keep.sum(), dtype=np.int64)])
         units = unit_index[np.concatenate([se_unit, local[keep]])]
@@ -333,6 +340,15 @@ class MaskedTokenizer:
             "input_token_type": pad8(token_type),
             "input_mask": track_mask8(units),
         }
+
+    def _start_end_tokens(self, n_units: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """torch_brain's start and end tokens of ``n_units`` units (type, position, time),
+        made once per unit count."""
+        tokens = self._start_end.get(n_units)
+        if tokens is None:
+            tokens = self._start_end[n_units] = create_start_end_unit_tokens(
+                np.arange(n_units), 0.0, self.sequence_length)
+        return tokens
 
     def _binned_inputs(self, data: Data, unit_index: np.ndarray, grid, mask: np.ndarray) -> dict:
         """Masked counts per (unit, bin), units first so pad8 pads across sessions."""
@@ -352,3 +368,7 @@ class MaskedTokenizer:
             "input_values": pad8(grid[b, u][:, None].astype(np.float32)),
             "input_mask": track_mask8(b),
         }
+
+
+def _as_str(labels) -> np.ndarray:
+    return np.asarray(labels).astype(str)

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neurobridge.memo import MemoByIdentity
+
 __all__ = ["MASKING_MODES", "GridMask", "MaskingController"]
 
 MASKING_MODES: tuple[str, ...] = ("temporal", "neuron", "intra_region", "inter_region")
@@ -91,6 +93,7 @@ class MaskingController:
         self.temporal_ratio = _check_ratio("temporal_ratio", temporal_ratio)
         self.neuron_ratio = _check_ratio("neuron_ratio", neuron_ratio)
         self.intra_region_ratio = _check_ratio("intra_region_ratio", intra_region_ratio)
+        self._factorised = MemoByIdentity(_factorise)
 
     @property
     def enabled_modes(self) -> list[str]:
@@ -124,7 +127,7 @@ class MaskingController:
             raise ValueError(f"Unknown masking mode {mode!r}; valid modes: {list(MASKING_MODES)}.")
 
         mask = np.zeros((n_bins, n_units), dtype=bool)
-        regions, region_of_unit = np.unique(np.asarray(unit_regions).astype(str), return_inverse=True)
+        regions, region_of_unit = self._factorised(unit_regions)
         requested, region = mode, None
 
         if mode == "inter_region" and len(regions) < 2:
@@ -155,3 +158,8 @@ def _count(rng: np.random.Generator, ratio: tuple[float, float], n: int) -> int:
     """Number of items to mask: round(U(low, high) * n), clipped to [1, n - 1] (or 1 if n == 1)."""
     k = int(round(rng.uniform(*ratio) * n))
     return max(1, min(k, n - 1)) if n > 1 else 1
+
+
+def _factorise(labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(sorted unique labels, [n] index of each label among them)``."""
+    return np.unique(np.asarray(labels).astype(str), return_inverse=True)

@@ -265,7 +265,7 @@ def _mean_target(dm: NeuralDataModule, tokenizer: MaskedTokenizer, n_windows: in
     sampler = dm.eval_sampler("train", max_windows=n_windows)
     values = []
     for index in list(sampler)[:: len(dm.eval_modes)]:
-        window = dm.dataset.get_recording(index.recording_id).slice(index.start, index.end)
+        window = dm.dataset.window(index.recording_id, index.start, index.end)
         values.append(tokenizer.grid_targets(window, len(window.units.id))[0].mean())
     return float(np.mean(values))
 

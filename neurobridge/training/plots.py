@@ -12,10 +12,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from lightning.fabric.utilities.apply_func import move_data_to_device  # noqa: E402
-from torch_brain.data import collate  # noqa: E402
 
 from neurobridge.alignment.neural_embeddings import mean_test_embeddings  # noqa: E402
 from neurobridge.data import open_image_source  # noqa: E402
+from neurobridge.data.collate import collate  # noqa: E402
 from neurobridge.masking import MASKING_MODES  # noqa: E402
 
 __all__ = ["save_pretraining_plots", "plot_loss_curves", "plot_masked_rates", "plot_retrieval"]
