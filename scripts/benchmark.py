@@ -14,9 +14,12 @@ b. Throughput of the masked-pretraining train step on real batches of the defaul
 c. Scaling: train-step time and activation memory against spike tokens per window (fixed
    latents), against units in the vocabulary (fixed tokens), and against decoded cells; the
    log-log slopes are fitted.
-d. Data pipeline: windows/s of the real training DataLoader (window slicing, binning, masking,
-   tokenizing, collating) with 0, 1 and 2 workers against the model's train-step rate of (b);
-   a cProfile of the single-process pipeline.
+d. Data pipeline: windows/s of the real DataLoaders (window cutting, binning, masking,
+   tokenizing, collating) against the model's train-step rate of (b): training windows with 0,
+   1, 2 (and, on 10 or more CPUs, 8) workers and, for the ratio, the path before the fast one
+   (temporaldata slices, torch_brain collate); evaluation windows; stimulus-locked windows
+   (``task=align``); a TVSD-shaped recording through CaPOYO against its own train step; a
+   cProfile of the single-process pipeline.
 e. Peak memory of the ``gpu_4090`` preset (``poyo_4090``, fp16 autocast, batch 64): measured
    with ``torch.cuda.max_memory_allocated`` on ``--device cuda``; on CPU an estimate.
 
@@ -82,6 +85,9 @@ class Sizes:
     cell_tokens: int
     scan_batch: int  # batch of the unit and cell scans
     pipeline_batches: int  # timed batches per worker count
+    pipeline_repeats: int  # timings per pipeline rate (the median is reported)
+    tvsd: tuple[int, int]  # channels and trials of section d's TVSD-shaped recording
+    tvsd_batch: int
     profile_batches: int
     gpu_tokens: int  # spike tokens per window of section e
     gpu_batches: tuple[int, int]  # the two CPU batches the activation memory is fitted on
@@ -93,7 +99,8 @@ FULL = Sizes(
     token_points=(100, 316, 1000, 3162, 10_000, 31_623, 100_000), token_batch=2,
     unit_points=(10, 50, 200, 1000, 2000), unit_tokens=1024,
     cell_points=(96, 384, 1536, 6144), cell_tokens=512, scan_batch=4,
-    pipeline_batches=24, profile_batches=12, gpu_tokens=1024, gpu_batches=(2, 4),
+    pipeline_batches=24, pipeline_repeats=3, tvsd=(1024, 400), tvsd_batch=8,
+    profile_batches=12, gpu_tokens=1024, gpu_batches=(2, 4),
 )
 QUICK = Sizes(
     compare={"batch": 2, "spikes": 32, "queries": 16, "units": 16},
@@ -104,7 +111,8 @@ QUICK = Sizes(
     token_points=(100, 300, 1000), token_batch=1,
     unit_points=(10, 100), unit_tokens=64,
     cell_points=(16, 64, 256), cell_tokens=64, scan_batch=2,
-    pipeline_batches=3, profile_batches=2, gpu_tokens=64, gpu_batches=(1, 2),
+    pipeline_batches=3, pipeline_repeats=1, tvsd=(48, 40), tvsd_batch=4,
+    profile_batches=2, gpu_tokens=64, gpu_batches=(1, 2),
 )
 
 
@@ -484,22 +492,54 @@ def section_scaling(device: str, sizes: Sizes) -> tuple[list[str], dict]:
 # ----------------------------------------------------------------------- d. data pipeline
 
 
-def pipeline_rate(dm, workers: int, n_batches: int) -> dict:
-    """windows/s of ``dm``'s training DataLoader with ``workers`` worker processes."""
+def pipeline_rate(dm, workers: int, n_batches: int, split: str = "train",
+                  repeats: int = 1) -> dict:
+    """windows/s of ``dm``'s ``split`` DataLoader with ``workers`` worker processes: the
+    median of ``repeats`` timings of ``n_batches`` batches after the first two."""
     dm.num_workers = workers
-    loader = dm.train_dataloader()
-    it = forever(loader)
-    start = time.perf_counter()
-    next(it)  # worker start-up and the first batch
-    first = time.perf_counter() - start
-    next(it)
-    start, windows = time.perf_counter(), 0
-    for _ in range(n_batches):
-        windows += len(next(it)["mode"])
-    elapsed = time.perf_counter() - start
-    del it, loader
-    gc.collect()
-    return {"workers": workers, "windows_s": windows / elapsed, "first_s": first}
+    rates, first = [], None
+    for _ in range(repeats):
+        loader = getattr(dm, f"{split}_dataloader")()
+        it = forever(loader)
+        start = time.perf_counter()
+        next(it)  # worker start-up and the first batch
+        first = time.perf_counter() - start if first is None else first
+        next(it)
+        start, windows = time.perf_counter(), 0
+        for _ in range(n_batches):
+            windows += len(next(it)["session_index"])
+        rates.append(windows / (time.perf_counter() - start))
+        del it, loader
+        gc.collect()
+    return {"workers": workers, "windows_s": float(np.median(rates)), "first_s": first}
+
+
+class ReferencePath(torch.utils.data.Dataset):
+    """The pipeline before the fast path, for the ratio: temporaldata's ``Data.slice`` of
+    torch_brain's (deep-copied) recording per window, batched by torch_brain's ``collate``."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __getitem__(self, index):
+        window = self.dataset.reference_window(index.recording_id, index.start, index.end)
+        return self.dataset.tokenizer(window, index)
+
+
+def reference_rate(dm, n_batches: int, repeats: int) -> float:
+    """windows/s of :class:`ReferencePath` over the training windows (one process)."""
+    rates = []
+    for _ in range(repeats):
+        loader = torch.utils.data.DataLoader(
+            ReferencePath(dm.dataset), sampler=dm.train_dataloader().sampler,
+            batch_size=dm.batch_size, collate_fn=collate)
+        it = forever(loader)
+        next(it)
+        start, windows = time.perf_counter(), 0
+        for _ in range(n_batches):
+            windows += len(next(it)["session_index"])
+        rates.append(windows / (time.perf_counter() - start))
+    return float(np.median(rates))
 
 
 def profile_pipeline(dm, n_batches: int, top: int = 12) -> list[str]:
@@ -530,22 +570,100 @@ def profile_pipeline(dm, n_batches: int, top: int = 12) -> list[str]:
                   rows)
 
 
-def section_pipeline(dm, sizes: Sizes, model_windows_s: float) -> tuple[list[str], dict]:
-    rates = [pipeline_rate(dm, w, sizes.pipeline_batches) for w in (0, 1, 2)]
+def stimulus_datamodule(sizes: Sizes):
+    """The ``task=align`` data module of the built-in visual data, with its tokenizer."""
+    from neurobridge.data import StimulusTokenizer
+    from neurobridge.tasks.common import build_datamodule, build_masking
+    from neurobridge.tasks.pretrain import new_masked_model
+
+    cfg = compose_default(["task=align", "data=synthetic_visual", *sizes.overrides])
+    dm = build_datamodule(cfg, stimulus=True)
+    model = new_masked_model(cfg, dm)
+    dm.tokenizer = StimulusTokenizer(dm.masked_tokenizer(model.encoder, build_masking(cfg)),
+                                     dm.image_rows)
+    return dm
+
+
+def tvsd_scale_module(sizes: Sizes, root: Path):
+    """CaPOYO masked pretraining on a TVSD-shaped recording written to ``root``: 1,024 MUA
+    channels (V1 / V4 / IT), 0.3 s trials of 30 bins of 10 ms laid back to back, as the TVSD
+    converter writes them (``sizes.tvsd`` sets channels and trials)."""
+    from temporaldata import RegularTimeSeries
+
+    from neurobridge.data import write_recording
+    from neurobridge.tasks.pretrain import build_pretraining
+
+    channels, trials = sizes.tvsd
+    length = 0.3 * trials
+    values = np.random.default_rng(0).gamma(2.0, 0.5, size=(trials * 30, channels))
+    regions = np.repeat(["V1", "V4", "IT"], [channels // 2, channels // 4,
+                                             channels - channels // 2 - channels // 4])
+    write_recording(
+        root / "tvsd_like.h5", session_id="tvsd_like",
+        unit_ids=[f"tvsd_like/ch{i:04d}" for i in range(channels)], domain=(0.0, length),
+        splits={"train": [(0.0, 0.8 * length)], "valid": [(0.8 * length, 0.9 * length)],
+                "test": [(0.9 * length, length)]},
+        values=RegularTimeSeries(values=values.astype(np.float32), sampling_rate=100.0),
+        brain_regions=regions, source="scripts/benchmark.py")
+    cfg = compose_default([
+        "data=recordings", f"data.root={root}", "data.modality=values",
+        "data.value_key=mua.values", "model=capoyo_small", "model.encoder.sequence_length=0.3",
+        "model.encoder.latent_step=0.05", "data.bin_size=0.01",
+        f"data.batch_size={sizes.tvsd_batch}"])
+    torch.manual_seed(0)
+    module, dm = build_pretraining(cfg)
+    module.log = lambda *args, **kwargs: None
+    return module, dm
+
+
+def section_pipeline(device: str, dm, sizes: Sizes, model_windows_s: float
+                     ) -> tuple[list[str], dict]:
+    import tempfile
+
+    n, reps = sizes.pipeline_batches, sizes.pipeline_repeats
+    workers = [0, 1, 2] + ([8] if (os.cpu_count() or 1) >= 10 else [])
+    reference = reference_rate(dm, n, reps)
+    rates = [pipeline_rate(dm, w, n, repeats=reps) for w in workers]
     ratios = {r["workers"]: r["windows_s"] / model_windows_s for r in rates}
+    evaluation = pipeline_rate(dm, 0, n, split="test", repeats=reps)
+    stimulus = pipeline_rate(stimulus_datamodule(sizes), 0, n, repeats=reps)
+    with tempfile.TemporaryDirectory() as tmp:
+        module, tvsd_dm = tvsd_scale_module(sizes, Path(tmp))
+        tvsd = pipeline_rate(tvsd_dm, 0, max(2, n // 4), repeats=reps)
+        batch = _move(next(iter(tvsd_dm.train_dataloader())), device)
+        args = options(device, sizes, batch=tvsd_dm.batch_size)
+        step = enc.measure(lambda: module,
+                           lambda m: enc.train_step(m, lambda mod, _: pretrain_loss(mod, batch),
+                                                    None, args),
+                           args, budget_s=sizes.budget_s)
+        tvsd_tokens = float(batch["encoder_inputs"]["input_mask"].sum()) / tvsd_dm.batch_size
+        tvsd_step = tvsd_dm.batch_size / (step["median_ms"] / 1e3)
+        channels, _ = sizes.tvsd
+    rows = [["masked pretraining, before (temporaldata slices, torch_brain collate)", 0,
+             f"{reference:.0f}", "", f"{reference / model_windows_s:.2f}"]]
+    rows += [["masked pretraining (training windows)", r["workers"], f"{r['windows_s']:.0f}",
+              f"{r['first_s']:.2f}", f"{ratios[r['workers']]:.2f}"] for r in rates]
+    rows += [["evaluation windows (fixed masks, every mode)", 0, f"{evaluation['windows_s']:.0f}",
+              f"{evaluation['first_s']:.2f}", f"{evaluation['windows_s'] / model_windows_s:.2f}"],
+             ["stimulus-locked windows (`task=align`, `data=synthetic_visual`)", 0,
+              f"{stimulus['windows_s']:.0f}", f"{stimulus['first_s']:.2f}", ""],
+             [f"TVSD scale, CaPOYO ({channels} channels x 30 bins of 10 ms, trials/s)", 0,
+              f"{tvsd['windows_s']:.0f}", f"{tvsd['first_s']:.2f}",
+              f"{tvsd['windows_s'] / tvsd_step:.2f}"]]
     lines = [
-        "### d. Data pipeline (real training DataLoader) against the model",
+        "### d. Data pipeline (real DataLoaders) against the model",
         "",
-        f"Windows/s of `NeuralDataModule.train_dataloader()` (window slicing, binning, masking, "
-        f"tokenizing, collating; batch {dm.batch_size}) over {sizes.pipeline_batches} batches "
-        "after the first two, alone (the model is not running meanwhile); the train step's "
-        f"rate is section b's {model_windows_s:.1f} windows/s.",
+        f"Windows/s of the DataLoaders (window cutting, binning, masking, tokenizing, collating; "
+        f"batch {dm.batch_size}), median of {reps} timings of {n} batches after the first two, "
+        "alone (the model is not running meanwhile). The last column divides by the train "
+        f"step's rate: section b's {model_windows_s:.1f} windows/s, and for the TVSD row the "
+        f"CaPOYO step on those trials ({tvsd_step:.1f} trials/s at batch {tvsd_dm.batch_size}, "
+        f"{tvsd_tokens:.0f} value tokens per trial after masking).",
         "",
-        *_table(["workers", "pipeline windows/s", "first batch s (start-up)",
-                 "pipeline / train step"],
-                [[r["workers"], f"{r['windows_s']:.0f}", f"{r['first_s']:.2f}",
-                  f"{ratios[r['workers']]:.2f}"] for r in rates]),
+        *_table(["pipeline", "workers", "windows/s", "first batch s (start-up)",
+                 "pipeline / train step"], rows),
         "",
+        f"- fast path / before, one process: {rates[0]['windows_s'] / reference:.1f}x",
         *(f"- pipeline / model windows/s with {w} workers: {v:.2f}" for w, v in ratios.items()),
         "",
         f"cProfile of the single-process pipeline ({sizes.profile_batches} batches; profiling "
@@ -553,7 +671,8 @@ def section_pipeline(dm, sizes: Sizes, model_windows_s: float) -> tuple[list[str
         "",
         *profile_pipeline(dm, sizes.profile_batches),
     ]
-    return lines, {"ratios": ratios}
+    return lines, {"ratios": ratios, "reference": reference, "tvsd": tvsd["windows_s"],
+                   "stimulus": stimulus["windows_s"], "evaluation": evaluation["windows_s"]}
 
 
 # ----------------------------------------------------------------- e. gpu_4090 memory
@@ -631,7 +750,7 @@ def main(argv: list[str] | None = None) -> int:
     b_lines, b, module, dm = run("b", section_throughput, args.device, sizes, args.override)
     a2_lines, _ = run("a2", section_same_windows, args.device, sizes, module, dm)
     c_lines, _ = run("c", section_scaling, args.device, sizes)
-    d_lines, _ = run("d", section_pipeline, dm, sizes, b["windows_s"])
+    d_lines, _ = run("d", section_pipeline, args.device, dm, sizes, b["windows_s"])
     e_lines, _ = run("e", section_gpu_memory, args.device, sizes)
     total = time.perf_counter() - started
     report = [

@@ -105,6 +105,12 @@ def test_quick_benchmark_prints_every_section(tmp_path, capsys):
         assert _number(rf"^- pipeline / model windows/s with {workers} workers: {NUM}$",
                        printed) > 0
     assert "data/tokenizer.py" in printed.split("cProfile of the single-process pipeline")[1]
+    # d: the path before the fast one, evaluation, stimulus-locked and TVSD-scale windows
+    assert _number(rf"^- fast path / before, one process: {NUM}x$", printed) > 0
+    for row in (r"evaluation windows \(fixed masks, every mode\)",
+                r"stimulus-locked windows \(`task=align`, `data=synthetic_visual`\)",
+                r"TVSD scale, CaPOYO \(48 channels x 30 bins of 10 ms, trials/s\)"):
+        assert _number(rf"^\| {row} \| 0 \| {NUM} \|", printed) > 0, row
     # e: the gpu_4090 memory is an estimate on CPU, and says so
     assert _number(rf"^- ESTIMATE of the peak memory at batch 64: {NUM} MiB \(an estimate",
                    printed) > 0
