@@ -88,3 +88,27 @@ def test_bad_config_names_the_field(kwargs, field):
     args = {"mode_probs": {"temporal": 1.0}} | kwargs
     with pytest.raises(ValueError, match=field):
         MaskingController(**args)
+
+
+@pytest.mark.parametrize("overrides, probs", [
+    ([], [0.25, 0.25, 0.25, 0.25]),
+    (["masking.mode_probs={neuron: 0.5, inter_region: 0.5}"], [0.0, 0.5, 0.0, 0.5]),
+    (["masking.mode_probs={temporal: 3}"], [1.0, 0.0, 0.0, 0.0]),
+])
+def test_config_mode_probs_are_the_mapping_given(overrides, probs):
+    """The default is every mode alike; a mapping on the command line is the whole mapping."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from neurobridge.tasks.common import build_masking
+
+    configs = str(Path(__file__).resolve().parent.parent / "configs")
+    with initialize_config_dir(config_dir=configs, version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    assert build_masking(cfg).mode_probs.tolist() == probs
+
+
+def test_mode_probs_that_are_not_a_mapping_are_refused():
+    with pytest.raises(ValueError, match="must be a mapping of modes"):
+        MaskingController(mode_probs=[0.5, 0.5])

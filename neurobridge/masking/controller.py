@@ -59,7 +59,7 @@ class MaskingController:
 
     Args:
         mode_probs: probability of each mode (keys from :data:`MASKING_MODES`; missing modes
-            get 0). Normalised to sum to 1.
+            get 0), normalised to sum to 1; ``None``: the four modes equally likely.
         temporal_ratio: ``[low, high]`` fraction of time bins masked (all units) in temporal mode.
         neuron_ratio: ``[low, high]`` fraction of units masked (all bins) in neuron mode.
         intra_region_ratio: ``[low, high]`` fraction of one region's units masked in
@@ -73,11 +73,19 @@ class MaskingController:
     def __init__(
         self,
         *,
-        mode_probs: Mapping[str, float],
+        mode_probs: Mapping[str, float] | None = None,
         temporal_ratio: Sequence[float] = (0.5, 0.75),
         neuron_ratio: Sequence[float] = (0.3, 0.5),
         intra_region_ratio: Sequence[float] = (0.5, 0.75),
     ):
+        if mode_probs is None:
+            mode_probs = dict.fromkeys(MASKING_MODES, 1.0)
+        if not isinstance(mode_probs, Mapping):
+            raise ValueError(
+                "masking.mode_probs must be a mapping of modes to probabilities, e.g. "
+                f"'{{neuron: 0.5, inter_region: 0.5}}', or null (all four modes), got "
+                f"{mode_probs!r}."
+            )
         unknown = set(mode_probs) - set(MASKING_MODES)
         if unknown:
             raise ValueError(
