@@ -173,6 +173,77 @@ def test_out_of_range_unit_index_is_named(small_recordings, tmp_path):
         RecordingDataset(root)
 
 
+def _edit_copy(small_recordings, tmp_path, edit):
+    """A copy of the small recordings with ``edit(h5py.File)`` applied to the first file."""
+    root = tmp_path / "data"
+    shutil.copytree(small_recordings, root)
+    victim = sorted(root.glob("*.h5"))[0]
+    with h5py.File(victim, "a") as f:
+        edit(f)
+    return root, victim
+
+
+def _replace(f, name, values):
+    del f[name]
+    f[name] = values
+
+
+@pytest.mark.parametrize("defect, message", [
+    ("reversed", r"test_domain interval 0 is \[.*\]: every interval needs a finite start <= end"),
+    ("outside", r"test_domain interval \d+ .* lies outside the recording's domain"),
+    ("overlap", r"train_domain .* and test_domain .* overlap"),
+    ("milliseconds", r"spikes.timestamps lie outside the recording's domain.*milliseconds"),
+    ("short_region", r"units.brain_region'. It has 5 entries for 36 units"),
+])
+def test_bad_splits_times_and_unit_columns_are_named(small_recordings, tmp_path, defect, message):
+    def edit(f):
+        if defect == "reversed":
+            f["test_domain/end"][0] = f["test_domain/start"][0] - 1.0
+        elif defect == "outside":
+            f["test_domain/end"][-1] = f["domain/end"][-1] + 100.0
+        elif defect == "overlap":
+            f["train_domain/start"][0] = f["test_domain/start"][0]
+            f["train_domain/end"][0] = f["test_domain/end"][0]
+        elif defect == "milliseconds":
+            _replace(f, "spikes/timestamps", f["spikes/timestamps"][()] * 1000.0)
+        else:
+            _replace(f, "units/brain_region", f["units/brain_region"][:5])
+
+    root, victim = _edit_copy(small_recordings, tmp_path, edit)
+    with pytest.raises(ValueError, match=f"{victim.name}: .*{message}"):
+        RecordingDataset(root)
+
+
+def test_a_few_spikes_outside_the_domain_are_counted_not_refused(small_recordings, tmp_path,
+                                                                 caplog):
+    def edit(f):
+        ts = f["spikes/timestamps"][()]
+        ts[-3:] = f["domain/end"][-1] + np.array([0.5, 0.6, 0.7])
+        _replace(f, "spikes/timestamps", ts)
+
+    root, victim = _edit_copy(small_recordings, tmp_path, edit)
+    with caplog.at_level("WARNING"):
+        RecordingDataset(root)
+    assert f"{victim.name}: 3 of" in caplog.text and "outside the domain" in caplog.text
+
+
+def test_one_unit_and_a_shared_session_id_are_named(small_recordings, tmp_path):
+    from neurobridge.data import write_recording
+
+    root = tmp_path / "one_unit"
+    write_recording(root / "solo.h5", session_id="solo", unit_ids=["solo/u0"], domain=(0.0, 10.0),
+                    splits={"train": [(0.0, 8.0)], "valid": [], "test": [(8.0, 10.0)]},
+                    spike_times=[np.array([1.0, 2.0, 3.0])])
+    with pytest.raises(ValueError, match=r"solo.h5: .*units.id'. It has 1 unit\(s\)"):
+        RecordingDataset(root)
+    twins = tmp_path / "twins"
+    shutil.copytree(small_recordings, twins)
+    first = sorted(twins.glob("*.h5"))[0]
+    shutil.copy(first, twins / "zz_copy.h5")
+    with pytest.raises(ValueError, match=f"{first.name} and .*zz_copy.h5 both have session.id"):
+        RecordingDataset(twins)
+
+
 def _tiny_model(dm):
     from neurobridge.models import MaskedModel, NeuroBridgePOYO, TargetSequenceDecoder
 

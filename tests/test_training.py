@@ -81,6 +81,11 @@ def test_continuous_values_path_trains_with_mse(tmp_path):
         (["attention_backend=flash"], r"attention_backend must be one of \['sdpa', 'auto'\]"),
         (["task.ema_decay=1.5"], r"task.ema_decay must be a number in \(0, 1\)"),
         (["trainer=fsdp", "task.ema_decay=0.999"], "does not work with FSDP"),
+        (["data.bin_size=0"], "data.bin_size must be a positive number of seconds, got 0"),
+        (["model.encoder.sequence_length=-1"], "model.encoder.sequence_length must be a positive"),
+        (["trainer.max_steps=0"], r"trainer.max_steps must be a whole number .*>= 1.*got 0"),
+        (["data.train_max_queries=0"], "data.train_max_queries must be a whole number >= 1 or null"),
+        (["data.num_workers=-1"], "data.num_workers must be a whole number >= 0, got -1"),
     ],
 )
 def test_config_errors_are_rejected_before_any_data_is_read(tmp_path, overrides, message):

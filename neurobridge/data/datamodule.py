@@ -159,8 +159,22 @@ class NeuralDataModule(L.LightningDataModule):
         if root is None:
             raise ValueError("Set data.root to a folder of recordings, or use data=synthetic.")
         modality = Modality.parse(modality)
-        if batch_size < 1:
-            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}.")
+        for key, value, low in (("batch_size", batch_size, 1),
+                                ("eval_batch_size", eval_batch_size, 1),
+                                ("num_workers", num_workers, 0),
+                                ("max_val_windows", max_val_windows, 1),
+                                ("train_max_queries", train_max_queries, 1)):
+            optional = key in ("eval_batch_size", "max_val_windows", "train_max_queries")
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(
+                    f"data.{key} must be a whole number >= {low}"
+                    f"{' or null' if optional else ''}, got {value!r}."
+                )
+        for key, value in (("bin_size", bin_size), ("sequence_length", sequence_length)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"data.{key} must be a positive number of seconds, got {value!r}.")
         bad = set(eval_modes) - set(MASKING_MODES)
         if bad:
             raise ValueError(f"data.eval_modes has unknown modes {sorted(bad)}; valid: {list(MASKING_MODES)}.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from neurobridge.data.windows import RecordingReader, Window
 from neurobridge.modality import Modality
 
 __all__ = ["RecordingDataset"]
+
+log = logging.getLogger(__name__)
 
 
 class RecordingDataset(Dataset):
@@ -87,6 +90,8 @@ class RecordingDataset(Dataset):
             )
             for rid in self.recording_ids
         }
+        _check_unique_sessions(
+            {rid: str(self.get_recording(rid).session.id) for rid in self.recording_ids}, root)
 
     def __getitem__(self, index: WindowIndex) -> dict:
         if self.tokenizer is None:
@@ -188,6 +193,17 @@ def _check_recording(
          "Each recording needs session=Data(id=...).")
     need(data.domain is not None, "domain", "Give the recording a domain Interval.")
     n_units = len(data.units.id)
+    need(n_units >= 2, "units.id",
+         f"It has {n_units} unit(s); masked pretraining hides some units of a window and scores "
+         "them from the others, so every recording needs at least 2 units (channels). Leave "
+         "this recording out (data.recording_ids) or merge it with another session's units.")
+    for name in data.units.keys():
+        length = len(getattr(data.units, name))
+        need(length == n_units, f"units.{name}",
+             f"It has {length} entries for {n_units} units (units.id): every units column needs "
+             "one entry per unit. Re-write the file with neurobridge.data.write_recording, which "
+             "checks this.")
+    _check_splits(data, path)
     if modality is Modality.SPIKES:
         _check_spikes(data, path, n_units, need)
         return "spikes"
@@ -214,6 +230,68 @@ def _check_recording(
     return "value_series"
 
 
+def _check_unique_sessions(sessions: dict[str, str], root: Path) -> None:
+    """Two files of one folder must not hold the same ``session.id``."""
+    owner: dict[str, str] = {}
+    for rid, sid in sessions.items():
+        if sid in owner:
+            raise ValueError(
+                f"{root / (owner[sid] + '.h5')} and {root / (rid + '.h5')} both have session.id "
+                f"{sid!r}. Every recording of a run needs its own session id (the session "
+                "embedding and the per-session baseline are keyed by it): give each file its "
+                "own id when converting, or leave one out with data.recording_ids."
+            )
+        owner[sid] = rid
+
+
+def _check_splits(data: Data, path: Path) -> None:
+    """Split intervals: ordered, inside the domain, and no two splits sharing time."""
+    dom_start = float(np.min(data.domain.start))
+    dom_end = float(np.max(data.domain.end))
+    blocks = {}
+    for split in SPLITS:
+        key = f"{split}_domain"
+        if key not in data.keys():
+            continue  # a missing split is named when the splits are read
+        start = np.asarray(getattr(data, key).start, dtype=np.float64)
+        end = np.asarray(getattr(data, key).end, dtype=np.float64)
+        bad = np.flatnonzero(~np.isfinite(start) | ~np.isfinite(end) | (end < start))
+        if bad.size:
+            i = int(bad[0])
+            raise ValueError(
+                f"{path}: {key} interval {i} is [{start[i]}, {end[i]}]: every interval needs "
+                f"a finite start <= end ({bad.size} do not). Fix the split when converting the "
+                "data (neurobridge.data.splits builds valid ones)."
+            )
+        outside = np.flatnonzero((start < dom_start - 1e-6) | (end > dom_end + 1e-6))
+        if outside.size:
+            i = int(outside[0])
+            raise ValueError(
+                f"{path}: {key} interval {i} [{start[i]:g}, {end[i]:g}] s lies outside the "
+                f"recording's domain [{dom_start:g}, {dom_end:g}] s ({outside.size} intervals "
+                "do). Splits must be inside the domain; check the time units (seconds) of the "
+                "split and of the domain."
+            )
+        blocks[split] = (start, end)
+    names = list(blocks)
+    for a in range(len(names)):
+        for b in range(a + 1, len(names)):
+            (s1, e1), (s2, e2) = blocks[names[a]], blocks[names[b]]
+            overlap = (s1[:, None] < e2[None, :] - 1e-9) & (s2[None, :] < e1[:, None] - 1e-9)
+            if overlap.any():
+                i, j = (int(x[0]) for x in np.nonzero(overlap))
+                raise ValueError(
+                    f"{path}: {names[a]}_domain [{s1[i]:g}, {e1[i]:g}] and {names[b]}_domain "
+                    f"[{s2[j]:g}, {e2[j]:g}] overlap: a split must not share time with another "
+                    "(test windows would be trained on). Make the splits disjoint (see "
+                    "neurobridge.data.splits)."
+                )
+
+
+#: more than this fraction of spikes outside the domain is an error, fewer a counted warning
+MAX_SPIKES_OUTSIDE = 0.01
+
+
 def _check_spikes(data: Data, path: Path, n_units: int, need) -> None:
     need("spikes" in data.keys(), "spikes",
          "A spiking recording needs spikes=IrregularTimeSeries(timestamps, unit_index).")
@@ -233,3 +311,17 @@ def _check_spikes(data: Data, path: Path, n_units: int, need) -> None:
             f"{path}: spikes.timestamps is not sorted. Sort spikes by time (with their "
             "unit_index) before saving."
         )
+    dom_start, dom_end = float(np.min(data.domain.start)), float(np.max(data.domain.end))
+    # sorted: the spikes outside the domain are at the two ends
+    n_out = int(np.searchsorted(ts, dom_start - 1e-6) + len(ts)
+                - np.searchsorted(ts, dom_end + 1e-6, side="right"))
+    if n_out > MAX_SPIKES_OUTSIDE * len(ts):
+        raise ValueError(
+            f"{path}: {n_out} of {len(ts)} spikes.timestamps lie outside the recording's domain "
+            f"[{dom_start:g}, {dom_end:g}] s (they span [{ts[0]:g}, {ts[-1]:g}]). Spike times "
+            "must be in seconds on the domain's clock: milliseconds or samples would look like "
+            "this (divide by 1000 or by the sampling rate when converting)."
+        )
+    if n_out:
+        log.warning("%s: %d of %d spikes lie outside the domain [%g, %g] s; windows never "
+                    "reach them.", path, n_out, len(ts), dom_start, dom_end)

@@ -8,6 +8,7 @@ the config, makes the Trainer (callbacks and loggers from ``configs/callbacks`` 
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import subprocess
 from importlib import metadata
@@ -53,6 +54,21 @@ def _validate(cfg: DictConfig, task: Task) -> None:
             raise ValueError(
                 f"{where}.dim_head must be a multiple of 4 (rotary time embeddings rotate "
                 f"half of each head in pairs), got {dim_head}; e.g. {4 * max(1, int(dim_head) // 4)}."
+            )
+    positive = {"data.bin_size": cfg.data.bin_size,
+                "model.encoder.sequence_length": enc.sequence_length}
+    if "latent_step" in enc:
+        positive["model.encoder.latent_step"] = enc.latent_step
+    for key, value in positive.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                or not math.isfinite(value):
+            raise ValueError(f"{key} must be a positive number of seconds, got {value!r}.")
+    if task.build is not None:
+        steps = cfg.trainer.get("max_steps")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(
+                f"trainer.max_steps must be a whole number of optimizer steps >= 1 (the learning-"
+                f"rate schedule spans it), got {steps!r}."
             )
     reads = encoder_class(cfg.model).modality
     if reads is Modality.VALUES and int(enc.dim) % 2:
