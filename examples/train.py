@@ -3,8 +3,13 @@
     python examples/train.py                                   # masked pretraining, synthetic data, CPU
     python examples/train.py trainer.max_steps=200             # shorter
     python examples/train.py task=pretrain data=recordings data.root=DIR hydra.run.dir=RUN
+
+An error (a bad file, field or config value) is printed as one block naming what to fix and
+the run exits with status 1; ``NEUROBRIDGE_TRACEBACK=1`` shows the full traceback instead.
 """
 
+import os
+import sys
 from pathlib import Path
 
 import hydra
@@ -18,7 +23,14 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 def main(cfg: DictConfig) -> None:
     from neurobridge.training.run import run
 
-    metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    except Exception as err:  # noqa: BLE001  (shown as one block; the traceback on request)
+        if os.environ.get("NEUROBRIDGE_TRACEBACK"):
+            raise
+        print(f"\nneurobridge: {type(err).__name__}: {err}\n\n(the full traceback: "
+              "NEUROBRIDGE_TRACEBACK=1 python examples/train.py ...)", file=sys.stderr)
+        sys.exit(1)
     for key in sorted(metrics):
         print(f"{key:45s} {metrics[key]: .4f}")
 

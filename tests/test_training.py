@@ -284,3 +284,28 @@ def test_readme_ensemble_beats_the_smoothing_baseline_in_every_mode(tmp_path):
     for mode in ("temporal", "neuron", "intra_region", "inter_region"):
         assert metrics[f"test/co_bps/{mode}"] > metrics[f"test/baseline/co_bps/{mode}"], mode
     assert metrics["test/co_bps/neuron"] > 0.5 * metrics["test/oracle/co_bps/neuron"]
+
+
+def test_a_refused_run_prints_one_block_and_leaves_the_earlier_run_as_it_was(tmp_path):
+    """``examples/train.py`` into an earlier run's folder: exit status 1, the message (no
+    traceback), and every file of the earlier run unchanged (Hydra writes none of its own)."""
+    import os
+    import subprocess
+    import sys
+
+    earlier = tmp_path / "earlier"
+    files = {"checkpoints/last.ckpt": b"weights", ".hydra/config.yaml": b"seed: 7\n",
+             ".hydra/overrides.yaml": b"- seed=7\n", "metrics.json": b"{}"}
+    for name, content in files.items():
+        (earlier / name).parent.mkdir(parents=True, exist_ok=True)
+        (earlier / name).write_bytes(content)
+    script = Path(__file__).resolve().parent.parent / "examples" / "train.py"
+    env = {k: v for k, v in os.environ.items() if k != "NEUROBRIDGE_TRACEBACK"}
+    done = subprocess.run([sys.executable, str(script), f"hydra.run.dir={earlier}",
+                           "trainer.max_steps=5"], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert "neurobridge: FileExistsError:" in done.stderr and "resume_from=" in done.stderr
+    assert "Traceback" not in done.stderr
+    for name, content in files.items():
+        assert (earlier / name).read_bytes() == content, name

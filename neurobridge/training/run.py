@@ -17,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ProgressBar
@@ -25,7 +26,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from neurobridge.data.datamodule import check_train_seconds
-from neurobridge.io import write_json_atomic
+from neurobridge.io import atomic_path, write_json_atomic
 from neurobridge.modality import Modality
 from neurobridge.models import encoder_class, set_attention_backend
 from neurobridge.tasks import Task, get_task
@@ -245,6 +246,18 @@ def _check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
         )
 
 
+def _write_config(cfg: DictConfig, run_dir: Path) -> None:
+    """``run_dir/.hydra/config.yaml`` (the composed config) and, under Hydra,
+    ``overrides.yaml`` (the command line's overrides): written once the run's checks pass."""
+    folder = run_dir / ".hydra"
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / "config.yaml") as tmp:
+        OmegaConf.save(cfg, tmp)
+    if HydraConfig.initialized():
+        with atomic_path(folder / "overrides.yaml") as tmp:
+            OmegaConf.save(OmegaConf.create(list(HydraConfig.get().overrides.task)), tmp)
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run ``cfg.task``: train, test and write ``run_dir/metrics.json`` and
     ``run_dir/checkpoints/last.ckpt`` (a task that does not train writes its own outputs)."""
@@ -256,6 +269,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     _check_run_dir(cfg, run_dir)
     if rank_zero_only.rank == 0:
         write_json_atomic(run_dir / "run_info.json", run_info())
+        _write_config(cfg, run_dir)
     L.seed_everything(int(cfg.seed), workers=True)
     if task.run is not None:
         return task.run(cfg, run_dir)
