@@ -309,3 +309,36 @@ def test_a_refused_run_prints_one_block_and_leaves_the_earlier_run_as_it_was(tmp
     assert "Traceback" not in done.stderr
     for name, content in files.items():
         assert (earlier / name).read_bytes() == content, name
+
+
+def test_checkpoints_store_their_data_options_and_refuse_other_ones(small_recordings, tmp_path,
+                                                                  caplog):
+    """A run's checkpoint keeps the data options its numbers depend on; resuming, evaluating
+    or initialising from it with another bin size is refused (the region field only warns), and
+    task=pretrain refuses init_from instead of ignoring it."""
+    from neurobridge.training.checkpoint import read_checkpoint_meta
+
+    base = ["data=recordings", f"data.root={small_recordings}", *FAST, "task.baseline=null",
+            "task.plots=false"]
+    run(_cfg(base + ["trainer.max_steps=2", "trainer.val_check_interval=2"]), tmp_path / "a")
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    data = read_checkpoint_meta(ckpt)["data"]
+    assert data["bin_size"] == 0.02 and data["modality"] == "spikes"
+    assert data["region_key"] == "brain_region" and data["spike_values"] is None
+    refused = r"was trained with data.bin_size=0.02 but this run has data.bin_size=0.01.*Set data.bin_size=0.02"
+    with pytest.raises(ValueError, match="resume_from=.*" + refused):
+        run(_cfg(base + ["trainer.max_steps=4", f"resume_from={ckpt}", "data.bin_size=0.01"]),
+            tmp_path / "a")
+    with pytest.raises(ValueError, match="task.checkpoints=.*" + refused):
+        run(_cfg(["task=evaluate", f"task.checkpoints=[{ckpt}]", "data=recordings",
+                  f"data.root={small_recordings}", "data.bin_size=0.01"]), tmp_path / "b")
+    with pytest.raises(ValueError, match="task=pretrain starts from a new model and does not "
+                                         "read init_from.*resume_from"):
+        run(_cfg(base + ["trainer.max_steps=2", f"init_from={ckpt}"]), tmp_path / "c")
+    with caplog.at_level("WARNING"):
+        run(_cfg(["task=evaluate", f"task.checkpoints=[{ckpt}]", "data=recordings",
+                  f"data.root={small_recordings}", "data.region_key=id", "task.baseline=null",
+                  "trainer.enable_progress_bar=false", "+trainer.limit_test_batches=1"]),
+            tmp_path / "d")
+    assert "trained with data.region_key='brain_region', this run has 'id'" in caplog.text
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c" / ".hydra").exists()

@@ -22,7 +22,7 @@ from neurobridge.tasks.common import (
 )
 from neurobridge.tasks.pretrain import MaskedPretraining
 from neurobridge.tasks.registry import Task
-from neurobridge.training.checkpoint import load_masked_model
+from neurobridge.training.checkpoint import check_data_config, load_masked_model
 
 __all__ = ["TASK", "build_evaluation", "run_evaluation"]
 
@@ -97,4 +97,12 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     return metrics
 
 
-TASK = Task(name="evaluate", run=run_evaluation, check=check_protocol)
+def check_evaluation(cfg: DictConfig) -> None:
+    """``task.protocol`` options, and every checkpoint trained with this run's data options."""
+    check_protocol(cfg)
+    paths = cfg.task.get("checkpoints") or []
+    for path in [paths] if isinstance(paths, str) else paths:
+        check_data_config(path, cfg.data, "task.checkpoints")
+
+
+TASK = Task(name="evaluate", run=run_evaluation, check=check_evaluation)

@@ -313,12 +313,24 @@ def save_pretraining_plots(module: MaskedPretraining, dm: NeuralDataModule, run_
     plots.save_pretraining_plots(module, dm, run_dir)
 
 
+def check_pretraining(cfg: DictConfig) -> None:
+    """``task.protocol`` options, and no ``init_from``: pretraining starts from scratch."""
+    if cfg.get("init_from"):
+        raise ValueError(
+            f"task=pretrain starts from a new model and does not read init_from={cfg.init_from}. "
+            "To continue that run, use resume_from=<its checkpoints/last.ckpt> (same model "
+            "options); to train a pretrained model on new sessions, task=adapt_session "
+            "init_from=...; otherwise drop init_from."
+        )
+    check_protocol(cfg)
+
+
 TASK = Task(
     name="pretrain",
     build=build_pretraining,
     checkpoint_kind=CHECKPOINT_KIND,
     plots=save_pretraining_plots,
     resume_needs_same_model=True,
-    check=check_protocol,
+    check=check_pretraining,
     after_test=nlb_protocol,
 )

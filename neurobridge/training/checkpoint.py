@@ -10,6 +10,9 @@ no pickled code runs. Only :func:`load_adapter` imports diffusers (when called).
 
 from __future__ import annotations
 
+import logging
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +26,11 @@ from neurobridge.models.factory import build_alignment_model, build_masked_model
 __all__ = [
     "CHECKPOINT_KEY",
     "CHECKPOINT_KINDS",
+    "DATA_KEYS",
     "AtomicCheckpointIO",
+    "check_data_config",
     "checkpoint_payload",
+    "data_config",
     "export_pretrained",
     "load_adapter",
     "load_alignment_model",
@@ -33,16 +39,75 @@ __all__ = [
     "read_checkpoint_meta",
 ]
 
+log = logging.getLogger(__name__)
+
 CHECKPOINT_KEY = "neurobridge"
 #: The built-in checkpoint kinds: a pretrained masked model, that model with a CLIP-space head,
 #: or the latter with a diffusion adapter. A task of its own may name another kind.
 CHECKPOINT_KINDS = ("masked", "alignment", "adapter")
 
+#: The data options a trained model's numbers depend on, stored with every checkpoint a run
+#: writes (``checkpoint["neurobridge"]["data"]``) and compared when a checkpoint is read
+#: again: these refuse when they differ ...
+DATA_KEYS = ("bin_size", "modality", "value_key", "spike_values", "spike_values_zscore")
+#: ... and these warn (they change which units are masked together, not what a cell means)
+DATA_KEYS_WARNED = ("region_key",)
+
+
+def data_config(data: Mapping) -> dict:
+    """The :data:`DATA_KEYS` and :data:`DATA_KEYS_WARNED` options of a ``data`` config."""
+    return {k: data.get(k) for k in (*DATA_KEYS, *DATA_KEYS_WARNED)}
+
+
+def check_data_config(path: str | Path, data: Mapping, option: str) -> None:
+    """Refuse ``path`` (given as ``option``) when it was trained with other data options than
+    ``data`` (a ``data`` config); warn where only the region field differs."""
+    saved = read_checkpoint_meta(path).get("data")
+    if saved is None:
+        log.warning("%s=%s was written before checkpoints stored their data options: its "
+                    "data.bin_size and data.modality are not compared with this run's.", option, path)
+        return
+    now = data_config(data)
+
+    def differs(key: str) -> bool:
+        a, b = saved.get(key), now.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return not math.isclose(a, b, rel_tol=1e-9)
+        return a != b
+
+    refused = [k for k in DATA_KEYS if k in saved and differs(k)]
+    if refused:
+        raise ValueError(
+            f"{option}={path} was trained with "
+            + ", ".join(f"data.{k}={saved[k]!r}" for k in refused)
+            + " but this run has " + ", ".join(f"data.{k}={now[k]!r}" for k in refused)
+            + ": the model would read windows binned and scaled otherwise than it learned. Set "
+            + " ".join(f"data.{k}={saved[k]}" for k in refused) + " (or train a model on these "
+            "options)."
+        )
+    for key in DATA_KEYS_WARNED:
+        if key in saved and differs(key):
+            log.warning("%s=%s was trained with data.%s=%r, this run has %r: regions (and so "
+                        "intra- and inter-region masks) are read from another field.", option,
+                        path, key, saved[key], now[key])
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file in the target folder, fsyncs it, then renames
-    it over the target: a run killed mid-write leaves the previous checkpoint intact."""
+    it over the target: a run killed mid-write leaves the previous checkpoint intact.
+
+    Args:
+        data: the run's data options (:func:`data_config`), added to the NeuroBridge entry of
+            every checkpoint written.
+    """
+
+    def __init__(self, data: Mapping | None = None):
+        super().__init__()
+        self.data = None if data is None else dict(data)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
+        if self.data is not None and isinstance(checkpoint.get(CHECKPOINT_KEY), dict):
+            checkpoint[CHECKPOINT_KEY] = {**checkpoint[CHECKPOINT_KEY], "data": self.data}
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
 
@@ -80,7 +145,8 @@ def _read(path: str | Path, map_location) -> tuple[dict, dict, Path]:
 
 
 def read_checkpoint_meta(path: str | Path) -> dict:
-    """The NeuroBridge entry of a checkpoint: ``version``, ``kind`` and the ``model`` config."""
+    """The NeuroBridge entry of a checkpoint: ``version``, ``kind``, the ``model`` config and
+    (checkpoints written by a run since 2026-12) the ``data`` options (:func:`data_config`)."""
     meta = dict(_read(path, "cpu")[1])
     meta.setdefault("kind", "masked")
     return meta

@@ -32,7 +32,12 @@ from neurobridge.models import encoder_class, set_attention_backend
 from neurobridge.tasks import Task, get_task
 from neurobridge.tasks.common import build_masking
 from neurobridge.training.callbacks import EMAWeights, LastCheckpoint
-from neurobridge.training.checkpoint import AtomicCheckpointIO, read_checkpoint_meta
+from neurobridge.training.checkpoint import (
+    AtomicCheckpointIO,
+    check_data_config,
+    data_config,
+    read_checkpoint_meta,
+)
 
 __all__ = ["run", "run_info"]
 
@@ -265,6 +270,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     _validate(cfg, task)
     if cfg.get("resume_from"):
         _check_resume(cfg, task)
+        check_data_config(cfg.resume_from, cfg.data, "resume_from")
+    if cfg.get("init_from"):
+        check_data_config(cfg.init_from, cfg.data, "init_from")
     run_dir = Path(run_dir)
     _check_run_dir(cfg, run_dir)
     if rank_zero_only.rank == 0:
@@ -279,7 +287,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         default_root_dir=run_dir,
         logger=_loggers(cfg, run_dir),
         callbacks=_callbacks(cfg),
-        plugins=[AtomicCheckpointIO()],
+        plugins=[AtomicCheckpointIO(data=data_config(cfg.data))],
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )
