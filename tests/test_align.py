@@ -188,3 +188,20 @@ def test_clip_dimension_must_match_the_aligned_projector(visual_root, pretrained
     with pytest.raises(ValueError, match=r"outputs 32-d embeddings but .*nb-test-tiny-16.* 16-d"):
         build_alignment(_align_cfg(visual_root, f"init_from={ckpt}",
                                    "task.clip.model_name=nb-test-tiny-16"))
+
+
+def test_missing_images_and_the_random_init_control_are_said_plainly(visual_root, tmp_path,
+                                                                     caplog):
+    """A presented image missing from data.images is named with its path; aligning without
+    init_from warns that the encoder is randomly initialised."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(visual_root / "images", images)
+    gone = sorted(p for p in images.rglob("*.png"))[0]
+    gone.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"not in the image source .*{gone.name}.*data.images"):
+        build_alignment(_align_cfg(visual_root, f"data.images={images}"))
+    with caplog.at_level("WARNING"):
+        build_alignment(_align_cfg(visual_root))
+    assert "WITHOUT init_from: the encoder is RANDOMLY INITIALISED" in caplog.text

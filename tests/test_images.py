@@ -251,3 +251,26 @@ def test_embed_images_script(tmp_path, capsys):
     spec.loader.exec_module(script)
     assert script.main(["--images", str(tmp_path / "absent"), "--out", str(out)]) == 1
     assert "absent" in capsys.readouterr().err
+
+
+def test_a_damaged_image_file_is_named_with_the_fix(tmp_path):
+    from neurobridge.data import ImageFolderSource
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    (tmp_path / "bad.png").write_bytes(b"not a png at all")
+    source = ImageFolderSource(tmp_path)
+    assert source.load("good.png").size == (8, 8)
+    with pytest.raises(ValueError, match=r"bad.png could not be read .*damaged or not an image"):
+        source.load("bad.png")
+
+
+def test_a_cache_that_cannot_be_written_names_the_variable(tmp_path, monkeypatch):
+    from neurobridge.data import cache_folder
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("NEUROBRIDGE_CACHE", str(blocker))
+    with pytest.raises(PermissionError, match=rf"NEUROBRIDGE_CACHE={blocker}.*writable folder"):
+        cache_folder("clip")
+    monkeypatch.setenv("NEUROBRIDGE_CACHE", str(tmp_path / "ok"))
+    assert cache_folder("clip").is_dir()

@@ -8,7 +8,7 @@ Producers of particular data sets (synthetic generators, the TVSD and Allen conv
 
 from .batch import MaskedBatch, MaskedSample, StimulusBatch
 from .binning import bin_regular, bin_spikes, bin_spikes_in_blocks, num_bins
-from .datamodule import NeuralDataModule, StimulusDataModule, default_cache_dir
+from .datamodule import NeuralDataModule, StimulusDataModule, cache_folder, default_cache_dir
 from .dataset import RecordingDataset
 from .images import (
     IMAGE_FOLDER,
@@ -50,6 +50,7 @@ __all__ = [
     "bin_regular",
     "bin_spikes",
     "bin_spikes_in_blocks",
+    "cache_folder",
     "default_cache_dir",
     "make_recording",
     "num_bins",

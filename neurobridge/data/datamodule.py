@@ -36,6 +36,7 @@ from neurobridge.modality import Modality
 __all__ = [
     "NeuralDataModule",
     "StimulusDataModule",
+    "cache_folder",
     "check_train_seconds",
     "default_cache_dir",
     "first_seconds",
@@ -47,6 +48,25 @@ log = logging.getLogger(__name__)
 def default_cache_dir() -> Path:
     """``$NEUROBRIDGE_CACHE`` or ``~/.cache/neurobridge``."""
     return Path(os.environ.get("NEUROBRIDGE_CACHE", Path.home() / ".cache" / "neurobridge"))
+
+
+def cache_folder(name: str) -> Path:
+    """``default_cache_dir() / name``, created; a PermissionError naming ``NEUROBRIDGE_CACHE``
+    when it cannot be written."""
+    folder = default_cache_dir() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write_test_{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as err:
+        where = (f"NEUROBRIDGE_CACHE={os.environ['NEUROBRIDGE_CACHE']}"
+                 if "NEUROBRIDGE_CACHE" in os.environ else "the default ~/.cache/neurobridge")
+        raise PermissionError(
+            f"The cache folder {folder} ({where}) cannot be written ({err.strerror or err}). "
+            "Set the environment variable NEUROBRIDGE_CACHE to a writable folder."
+        ) from None
+    return folder
 
 
 def check_train_seconds(value) -> None:

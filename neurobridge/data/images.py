@@ -117,8 +117,16 @@ class ImageFolderSource(ImageSource):
         return [self.path / image_id for image_id in self.ids]
 
     def _read(self, index: int) -> Image.Image:
-        with Image.open(self.path / self.ids[index]) as image:
-            return image.convert("RGB")
+        path = self.path / self.ids[index]
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError) as err:  # PIL.UnidentifiedImageError is an OSError
+            raise ValueError(
+                f"Image {path} could not be read ({type(err).__name__}: {err}): the file is "
+                "damaged or not an image. Replace it with a readable copy, or remove it (and the "
+                "presentations that show it) from the data."
+            ) from None
 
 
 def _check_layout(dtype: np.dtype, shape: tuple[int, ...], ids: Sequence[str], where: str) -> None:

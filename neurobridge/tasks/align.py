@@ -29,7 +29,7 @@ from neurobridge.data import (
     StimulusBatch,
     StimulusDataModule,
     StimulusTokenizer,
-    default_cache_dir,
+    cache_folder,
     open_image_source,
 )
 from neurobridge.losses import masked_mse, masked_poisson_nll
@@ -220,7 +220,16 @@ def image_embeddings(dm: StimulusDataModule, clip_cfg: dict) -> torch.Tensor:
         source = open_image_source(dm.images)
         weights = clip_cfg.get("pretrained") or "random-seed0"
         key = f"{source.fingerprint()}|{clip_cfg['model_name']}|{weights}"
-        path = default_cache_dir() / "clip" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
+        missing = [i for i in dm.image_ids if i not in source]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} image(s) that the recordings' stimulus presentations show are "
+                f"not in the image source {dm.images}, e.g. "
+                + ", ".join(str(Path(dm.images) / i) for i in missing[:3])
+                + ". Add those files, or set data.images to the folder (or HDF5 store) that "
+                "holds every presented image."
+            )
+        path = cache_folder("clip") / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.h5"
         if path.is_file():
             log.info("Reusing the CLIP embeddings of the %d images of %s (unchanged) from %s",
                      len(source), dm.images, path)
@@ -270,6 +279,12 @@ def build_alignment(cfg: DictConfig) -> tuple[AlignmentTraining, StimulusDataMod
     if clip_cfg.get("center"):
         embeddings = center_embeddings(embeddings, _split_rows(dm)["train"])
     init_from = cfg.get("init_from")
+    if not init_from:
+        log.warning(
+            "\n%s\ntask=%s WITHOUT init_from: the encoder is RANDOMLY INITIALISED. This run is "
+            "the random-init control, not an aligned pretrained model; to align a pretrained "
+            "encoder pass init_from=<pretraining run>/checkpoints/last.ckpt.\n%s",
+            "=" * 88, task.name, "=" * 88)
     kind = read_checkpoint_kind(init_from) if init_from else None
     if kind in ("alignment", "adapter"):  # an aligned model (an adapter checkpoint holds one)
         model, model_config = load_alignment_model(init_from, with_config=True)

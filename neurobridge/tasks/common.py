@@ -8,7 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from neurobridge.baselines import SmoothingGLMBaseline
-from neurobridge.data import NeuralDataModule, StimulusDataModule, default_cache_dir
+from neurobridge.data import NeuralDataModule, StimulusDataModule, cache_folder
 from neurobridge.masking import MaskingController
 from neurobridge.modality import Modality
 from neurobridge.models import MaskedModel
@@ -45,7 +45,7 @@ def _synthetic_root(synthetic: dict):
 
     config = SyntheticConfig(**{k: (tuple(v) if isinstance(v, list) else v)
                                 for k, v in synthetic.items()})
-    return ensure_synthetic_recordings(default_cache_dir() / "synthetic", config)
+    return ensure_synthetic_recordings(cache_folder("synthetic"), config)
 
 
 def build_datamodule(cfg: DictConfig, *, stimulus: bool) -> NeuralDataModule:
