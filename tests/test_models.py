@@ -102,6 +102,27 @@ def test_encode_without_vocab_explains_the_fix():
         enc.encode(**_spike_inputs())
 
 
+@pytest.mark.parametrize("change, message", [
+    ({"input_unit_index": "float"}, r"input_unit_index must be an integer tensor \[batch, n_in\], "
+                                    r"got shape \(3, 40\) and dtype torch.float32"),
+    ({"input_timestamps": "flat"}, r"input_timestamps must be a floating point tensor .*got shape \(120,\)"),
+    ({"input_mask": "float"}, r"input_mask must be a bool tensor"),
+    ({"input_token_type": "short"}, r"input_token_type has shape \(3, 39\) but input_unit_index has \(3, 40\)"),
+    ({"latent_index": "batch"}, r"latent_index has batch size 2 but input_unit_index has 3"),
+    ({"latent_timestamps": "list"}, r"latent_timestamps must be a torch.Tensor"),
+])
+def test_encode_names_the_argument_with_the_wrong_shape_or_dtype(change, message):
+    enc = _vocab(NeuroBridgePOYO(**KW))
+    inputs = _spike_inputs()
+    (name, how), = change.items()
+    t = inputs[name]
+    inputs[name] = {"float": lambda: t.float(), "flat": lambda: t.reshape(-1),
+                    "short": lambda: t[:, :-1], "batch": lambda: t[:2],
+                    "list": lambda: t.tolist()}[how]()
+    with pytest.raises((ValueError, TypeError), match=message):
+        enc.encode(**inputs)
+
+
 @pytest.mark.parametrize("factorized", [False, True])
 @pytest.mark.parametrize("encoder_cls", [NeuroBridgePOYO, NeuroBridgeCaPOYO])
 def test_masked_model_shapes_and_masked_queries_are_independent(encoder_cls, factorized):

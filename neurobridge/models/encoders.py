@@ -146,6 +146,42 @@ def _check_vocab(model: POYO | CaPOYO) -> None:
         )
 
 
+def _check_inputs(method: str, tokens: dict, latents: dict) -> None:
+    """Shapes and dtypes of :meth:`encode`'s arguments, each error naming the argument.
+
+    ``tokens`` and ``latents`` map a name to ``(tensor or None, dims, kind)`` with ``kind``
+    one of ``"integer"``, ``"floating point"``, ``"bool"``; the token arguments share
+    ``[batch, n_in]``, the latent ones ``[batch, n_latent]``. Shapes only: no device sync.
+    """
+    kinds = {"integer": lambda t: not t.is_floating_point() and not t.is_complex()
+             and t.dtype is not torch.bool,
+             "floating point": lambda t: t.is_floating_point(),
+             "bool": lambda t: t.dtype is torch.bool}
+    batch = None
+    for group, what in ((tokens, "n_in"), (latents, "n_latent")):
+        first = None
+        for name, (t, dims, kind) in group.items():
+            if t is None:
+                continue
+            shape = f"[batch, {what}{', 1' if dims == 3 else ''}]"
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{method}: {name} must be a torch.Tensor {shape}, got "
+                                f"{type(t).__name__}.")
+            if t.ndim != dims or not kinds[kind](t):
+                article = "an" if kind[0] in "aeiou" else "a"
+                raise ValueError(f"{method}: {name} must be {article} {kind} tensor {shape}, got shape "
+                                 f"{tuple(t.shape)} and dtype {t.dtype}.")
+            lead = tuple(t.shape[:2])
+            first = first or (name, lead)
+            if lead != first[1]:
+                raise ValueError(f"{method}: {name} has shape {tuple(t.shape)} but {first[0]} "
+                                 f"has {first[1]}: they must share {shape[:-1]}].")
+            batch = batch or (name, lead[0])
+            if lead[0] != batch[1]:
+                raise ValueError(f"{method}: {name} has batch size {lead[0]} but {batch[0]} has "
+                                 f"{batch[1]}.")
+
+
 class NeuroBridgePOYO(_EncoderMixin, POYO):
     """POYO with a public :meth:`encode`. Accepts every upstream constructor argument.
 
@@ -208,6 +244,13 @@ class NeuroBridgePOYO(_EncoderMixin, POYO):
             ``[batch, n_latent, dim]`` latents after the self-attention stack.
         """
         _check_vocab(self)
+        _check_inputs("NeuroBridgePOYO.encode", {
+            "input_unit_index": (input_unit_index, 2, "integer"),
+            "input_timestamps": (input_timestamps, 2, "floating point"),
+            "input_token_type": (input_token_type, 2, "integer"),
+            "input_mask": (input_mask, 2, "bool")}, {
+            "latent_index": (latent_index, 2, "integer"),
+            "latent_timestamps": (latent_timestamps, 2, "floating point")})
         inputs = self.unit_emb(input_unit_index) + self.token_type_emb(input_token_type)
         return self._encode_tokens(
             inputs, input_timestamps, input_mask, latent_index, latent_timestamps, latent_prompt
@@ -276,6 +319,13 @@ class NeuroBridgeCaPOYO(_EncoderMixin, CaPOYO):
             ``[batch, n_latent, dim]`` latents after the self-attention stack.
         """
         _check_vocab(self)
+        _check_inputs("NeuroBridgeCaPOYO.encode", {
+            "input_unit_index": (input_unit_index, 2, "integer"),
+            "input_timestamps": (input_timestamps, 2, "floating point"),
+            "input_values": (input_values, 3, "floating point"),
+            "input_mask": (input_mask, 2, "bool")}, {
+            "latent_index": (latent_index, 2, "integer"),
+            "latent_timestamps": (latent_timestamps, 2, "floating point")})
         inputs = torch.cat(
             (self.input_value_map(input_values), self.unit_emb(input_unit_index)), dim=-1
         )
