@@ -15,7 +15,7 @@ import torch
 from torch_brain.data import collate as torch_brain_collate
 from torch_brain.data.collate import Padded8Object
 
-__all__ = ["BatchLoader", "PackedBatch", "collate", "collate_packed"]
+__all__ = ["PackedBatch", "collate", "collate_packed"]
 
 
 def collate(samples: list) -> object:
@@ -126,16 +126,3 @@ def collate_packed(samples: list) -> object:
     """:func:`collate`, packed into a :class:`PackedBatch` inside a DataLoader worker."""
     batch = collate(samples)
     return PackedBatch(batch) if torch.utils.data.get_worker_info() is not None else batch
-
-
-class BatchLoader(torch.utils.data.DataLoader):
-    """A DataLoader with :func:`collate_packed` batches, unpacked as they arrive (and pinned
-    once per batch, as one buffer, with ``pin_memory``)."""
-
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("collate_fn", collate_packed)
-        super().__init__(*args, **kwargs)
-
-    def __iter__(self):
-        for batch in super().__iter__():
-            yield batch.unpack() if isinstance(batch, PackedBatch) else batch

@@ -14,9 +14,9 @@ from temporaldata import Interval
 from torch.utils.data import DataLoader
 
 from neurobridge.data.binning import SplitCounts
-from neurobridge.data.collate import BatchLoader
 from neurobridge.data.dataset import RecordingDataset
 from neurobridge.data.images import IMAGE_FOLDER
+from neurobridge.data.loader import BatchLoader
 from neurobridge.data.samplers import (
     EvalWindowSampler,
     TrainWindowSampler,

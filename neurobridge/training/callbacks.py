@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
-from lightning.pytorch.callbacks import Checkpoint, EMAWeightAveraging
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, Checkpoint, EMAWeightAveraging
 
-__all__ = ["EMAWeights", "LastCheckpoint"]
+__all__ = ["EMAWeights", "LastCheckpoint", "RandomState"]
 
 
 class LastCheckpoint(Checkpoint):
@@ -101,3 +104,43 @@ class EMAWeights(EMAWeightAveraging):
                 if key.endswith(".vocab") and value is not None:
                     checkpoint["state_dict"][key] = value.copy()
         super().on_load_checkpoint(trainer, pl_module, checkpoint)
+
+
+class RandomState(Callback):
+    """Saves the random generators' states with every checkpoint and restores them when a run
+    resumes, so that dropout (and anything else drawing from them) continues as in an
+    uninterrupted run.
+
+    The states are those at the save (the end of a training step); they are put back when
+    training starts again, after the resumed run has built its model and data loaders (which
+    draw from the generators) and before the validation pending at that step, which draws as
+    the uninterrupted run's did. Torch (CPU and every CUDA device), NumPy's global generator and
+    Python's ``random``.
+    """
+
+    def __init__(self):
+        self._loaded: dict | None = None
+
+    def state_dict(self) -> dict:
+        name, keys, pos, has_gauss, cached = np.random.get_state()
+        # plain types and tensors: checkpoints load with weights_only=True
+        state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                 "numpy": [str(name), torch.from_numpy(keys.astype(np.int64)), int(pos),
+                           int(has_gauss), float(cached)]}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._loaded = state_dict
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self._loaded is None:
+            return
+        state, self._loaded = self._loaded, None
+        torch.set_rng_state(state["torch"])
+        name, keys, pos, has_gauss, cached = state["numpy"]
+        np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+        random.setstate(state["python"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])

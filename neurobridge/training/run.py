@@ -31,7 +31,7 @@ from neurobridge.modality import Modality
 from neurobridge.models import encoder_class, set_attention_backend
 from neurobridge.tasks import Task, get_task
 from neurobridge.tasks.common import build_masking
-from neurobridge.training.callbacks import EMAWeights, LastCheckpoint
+from neurobridge.training.callbacks import EMAWeights, LastCheckpoint, RandomState
 from neurobridge.training.checkpoint import (
     AtomicCheckpointIO,
     check_data_config,
@@ -216,7 +216,7 @@ def _callbacks(cfg: DictConfig) -> list[Callback]:
     decay = cfg.task.get("ema_decay")
     if decay is not None:
         callbacks.append(EMAWeights(decay=float(decay)))
-    return callbacks
+    return [*callbacks, RandomState()]
 
 
 def _module_for_test(cfg: DictConfig, task: Task, module: L.LightningModule,
