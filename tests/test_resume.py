@@ -1,6 +1,7 @@
 """Runs that survive interruption: a run stopped at any step and resumed from its last.ckpt
 ends with the metrics of an uninterrupted run, bit for bit."""
 
+import csv
 import json
 from pathlib import Path
 
@@ -17,7 +18,7 @@ FAST = [
     "model.encoder.num_latents_per_step=4", "model.encoder.ffn_dropout=0.2",
     "model.encoder.lin_dropout=0.2", "data.batch_size=16", "data.max_val_windows=8",
     "task.plots=false", "trainer.enable_progress_bar=false", "task.baseline=null",
-    "+trainer.limit_test_batches=2", "trainer.max_steps=24",
+    "+trainer.limit_test_batches=2", "trainer.max_steps=24", "trainer.log_every_n_steps=2",
 ]
 
 
@@ -29,10 +30,16 @@ def _cfg(root, *overrides):
 
 @pytest.fixture(scope="module")
 def uninterrupted(small_recordings, tmp_path_factory):
-    """``{val_check_interval: metrics}`` of uninterrupted runs."""
+    """``{val_check_interval: (metrics, train/loss rows of metrics.csv)}`` of uninterrupted
+    runs."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    return {vci: run(_cfg(small_recordings, f"trainer.val_check_interval={vci}"), out / str(vci))
-            for vci in (5, 8)}
+    return {vci: (run(_cfg(small_recordings, f"trainer.val_check_interval={vci}"),
+                      out / str(vci)), _losses(out / str(vci))) for vci in (5, 8)}
+
+
+def _losses(run_dir: Path) -> list[tuple[str, str]]:
+    with open(run_dir / "logs" / "metrics.csv", newline="") as f:
+        return [(r["step"], r["train/loss"]) for r in csv.DictReader(f) if r.get("train/loss")]
 
 
 @pytest.mark.parametrize("vci, fail_at, extra", [
@@ -48,5 +55,8 @@ def test_a_failed_run_resumes_to_the_uninterrupted_metrics(small_recordings, uni
                  f"+callbacks.fault.step={fail_at}"), tmp_path)
     last = tmp_path / "checkpoints" / "last.ckpt"
     resumed = run(_cfg(small_recordings, *base, f"resume_from={last}"), tmp_path)
-    assert resumed == uninterrupted[vci]  # every metric, exactly
-    assert json.loads((tmp_path / "metrics.json").read_text()) == uninterrupted[vci]
+    metrics, losses = uninterrupted[vci]
+    assert resumed == metrics  # every metric, exactly
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    # the CSV log continues: the interrupted run's rows up to the checkpoint, then the rest
+    assert _losses(tmp_path) == losses and len(losses) == 12

@@ -38,6 +38,7 @@ from neurobridge.training.checkpoint import (
     data_config,
     read_checkpoint_meta,
 )
+from neurobridge.training.loggers import ResumableCSVLogger
 
 __all__ = ["run", "run_info"]
 
@@ -189,13 +190,20 @@ def _check_resume(cfg: DictConfig, task: Task) -> None:
 
 
 def _loggers(cfg: DictConfig, run_dir: Path) -> list:
-    """The loggers of ``cfg.logger`` (``configs/logger/``), each writing under ``run_dir``."""
+    """The loggers of ``cfg.logger`` (``configs/logger/``), each writing under ``run_dir``; a
+    :class:`ResumableCSVLogger` of a resumed run continues the run's CSV file."""
+    resume_step = (int(torch.load(cfg.resume_from, map_location="cpu", weights_only=True,
+                                  mmap=True).get("global_step", 0))
+                   if cfg.get("resume_from") else None)
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         if node is None:
             continue
         try:
-            loggers.append(instantiate(node, save_dir=str(run_dir)))
+            logger = instantiate(node, save_dir=str(run_dir))
+            if isinstance(logger, ResumableCSVLogger):
+                logger.resume_step = resume_step
+            loggers.append(logger)
         except InstantiationException as err:
             hint = " (Weights & Biases: pip install -e '.[wandb]')" if name == "wandb" else ""
             raise RuntimeError(f"logger.{name} could not be built{hint}: {err}") from err
