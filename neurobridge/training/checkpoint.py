@@ -19,9 +19,9 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from neurobridge.io import atomic_path
 from neurobridge.models.aligned import AlignmentModel
 from neurobridge.models.factory import build_alignment_model, build_masked_model
+from neurobridge.training import checkpoint_files
 
 __all__ = [
     "CHECKPOINT_KEY",
@@ -93,8 +93,9 @@ def check_data_config(path: str | Path, data: Mapping, option: str) -> None:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the target folder, fsyncs it, then renames
-    it over the target: a run killed mid-write leaves the previous checkpoint intact.
+    """Writes each checkpoint atomically with its content hash, keeping the previous one beside
+    it (:mod:`~neurobridge.training.checkpoint_files`), and checks the hash when Lightning loads
+    one to resume: a run killed mid-write leaves a loadable checkpoint, a damaged file is refused.
 
     Args:
         data: the run's data options (:func:`data_config`), added to the NeuroBridge entry of
@@ -108,8 +109,13 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         if self.data is not None and isinstance(checkpoint.get(CHECKPOINT_KEY), dict):
             checkpoint[CHECKPOINT_KEY] = {**checkpoint[CHECKPOINT_KEY], "data": self.data}
-        with atomic_path(path) as tmp:
-            torch.save(checkpoint, tmp)
+        checkpoint_files.save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage,
+                        weights_only=None) -> dict[str, Any]:
+        checkpoint_files.verify(path)
+        return super().load_checkpoint(path, map_location=map_location,
+                                       weights_only=weights_only)
 
 
 def checkpoint_payload(model_config: dict, kind: str = "masked") -> dict:
@@ -128,12 +134,15 @@ def _read(path: str | Path, map_location) -> tuple[dict, dict, Path]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist.")
+    checkpoint_files.verify(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with the file named
+        prev = checkpoint_files.previous_path(path)
+        hint = f" The previous checkpoint {prev} is kept beside it." if prev.is_file() else ""
         raise RuntimeError(
             f"{path} could not be read as a checkpoint ({type(err).__name__}: {err}). It may be "
-            "truncated or not a NeuroBridge checkpoint."
+            f"truncated or not a NeuroBridge checkpoint.{hint}"
         ) from None
     meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
     if meta is None:
