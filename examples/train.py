@@ -6,6 +6,8 @@
 
 An error (a bad file, field or config value) is printed as one block naming what to fix and
 the run exits with status 1; ``NEUROBRIDGE_TRACEBACK=1`` shows the full traceback instead.
+SIGTERM or SIGUSR1 saves the step in progress and exits with status 143 (resume with
+``resume_from=RUN/checkpoints/last.ckpt``, or ``resume_from=auto`` in the same run folder).
 """
 
 import os
@@ -21,10 +23,13 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 
 @hydra.main(config_path=CONFIG_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from neurobridge.training.run import run
+    from neurobridge.training.run import PREEMPTED_EXIT, Preempted, run
 
     try:
         metrics = run(cfg, HydraConfig.get().runtime.output_dir)
+    except Preempted as stop:
+        print(f"\nneurobridge: {stop}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT)
     except Exception as err:  # noqa: BLE001  (shown as one block; the traceback on request)
         if os.environ.get("NEUROBRIDGE_TRACEBACK"):
             raise

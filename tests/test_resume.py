@@ -60,3 +60,53 @@ def test_a_failed_run_resumes_to_the_uninterrupted_metrics(small_recordings, uni
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     # the CSV log continues: the interrupted run's rows up to the checkpoint, then the rest
     assert _losses(tmp_path) == losses and len(losses) == 12
+
+
+def test_sigterm_saves_the_step_in_progress_and_the_resumed_run_ends_the_same(
+        small_recordings, uninterrupted, tmp_path, caplog):
+    """SIGTERM mid-epoch (between steps 13 and 14): step 14 is saved, the run stops without
+    testing (Preempted), and resuming from it ends with the uninterrupted metrics."""
+    from neurobridge.training.run import Preempted
+
+    base = ["trainer.val_check_interval=8"]
+    with caplog.at_level("WARNING"), pytest.raises(Preempted, match="SIGTERM stopped the run "
+                                                                    "at step 14"):
+        run(_cfg(small_recordings, *base, "+callbacks.fault._target_=faults.FailAtStep",
+                 "+callbacks.fault.step=13", "+callbacks.fault.how=SIGTERM"), tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert "SIGTERM received" in caplog.text and f"resume_from={last}" in caplog.text
+    assert not (tmp_path / "metrics.json").exists()
+    resumed = run(_cfg(small_recordings, *base, "resume_from=auto"), tmp_path)
+    assert resumed == uninterrupted[8][0]
+
+
+def test_sigusr1_under_slurm_saves_requeues_and_exits_143(small_recordings, tmp_path):
+    """examples/train.py gets SIGUSR1 (SLURM's time-limit warning with --signal): it saves the
+    step, calls ``scontrol requeue $SLURM_JOB_ID`` (a stand-in here) and exits with 143."""
+    import os
+    import subprocess
+    import sys
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "scontrol_calls.txt"
+    (bin_dir / "scontrol").write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    (bin_dir / "scontrol").chmod(0o755)
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "4242",
+           "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("NEUROBRIDGE_TRACEBACK", None)
+    run_dir = tmp_path / "run"
+    overrides = ["data=recordings", f"data.root={small_recordings}", *FAST,
+                 "trainer.val_check_interval=8", f"hydra.run.dir={run_dir}",
+                 "callbacks.last_checkpoint.requeue_on_signal=true",
+                 "+callbacks.fault._target_=faults.FailAtStep", "+callbacks.fault.step=5",
+                 "+callbacks.fault.how=SIGUSR1"]
+    done = subprocess.run([sys.executable, str(tests.parent / "examples" / "train.py"),
+                           *overrides], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 143, done.stderr[-2000:]
+    assert "SIGUSR1 stopped the run at step 6" in done.stderr
+    assert calls.read_text().split() == ["requeue", "4242"]
+    import torch
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 6

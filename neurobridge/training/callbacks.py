@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import signal
+import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +15,8 @@ import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint, EMAWeightAveraging
 
 __all__ = ["EMAWeights", "LastCheckpoint", "RandomState"]
+
+log = logging.getLogger(__name__)
 
 
 class LastCheckpoint(Checkpoint):
@@ -23,22 +30,34 @@ class LastCheckpoint(Checkpoint):
     after every other callback of a step. Files go through the trainer's checkpoint IO
     (atomic in a NeuroBridge run, :class:`~neurobridge.training.checkpoint.AtomicCheckpointIO`).
 
+    On SIGTERM or SIGUSR1 (a cluster's preemption or time-limit warning) it saves the step in
+    progress as soon as it ends, logs how to resume, and stops training (:attr:`stopped_by`;
+    the run then exits with status 143 instead of testing).
+
     Args:
         every_n_train_steps: interval in optimiser steps (``trainer.val_check_interval`` in a
             run).
         dirpath: folder of ``last.ckpt``; ``None``: ``<trainer.default_root_dir>/checkpoints``.
+        requeue_on_signal: on SLURM (``SLURM_JOB_ID`` set), requeue the job with ``scontrol
+            requeue`` after saving (the ``trainer=slurm`` preset sets it).
     """
 
     FILENAME = "last.ckpt"
 
-    def __init__(self, *, every_n_train_steps: int, dirpath: str | Path | None = None):
+    def __init__(self, *, every_n_train_steps: int, dirpath: str | Path | None = None,
+                 requeue_on_signal: bool = False):
         if isinstance(every_n_train_steps, bool) or int(every_n_train_steps) < 1:
             raise ValueError(
                 f"every_n_train_steps must be an integer >= 1, got {every_n_train_steps!r}."
             )
         self.every_n_train_steps = int(every_n_train_steps)
         self.dirpath = Path(dirpath) if dirpath is not None else None
+        self.requeue_on_signal = bool(requeue_on_signal)
+        #: the signal that stopped training (``"SIGTERM"`` / ``"SIGUSR1"``), ``None`` otherwise
+        self.stopped_by: str | None = None
         self._last_step_saved = 0
+        self._signalled: str | None = None
+        self._previous_handler = None
 
     @staticmethod
     def default_dirpath(root_dir: str | Path) -> Path:
@@ -64,8 +83,62 @@ class LastCheckpoint(Checkpoint):
         trainer.save_checkpoint(self.last_path, weights_only=False)  # full state: resumable
         self._last_step_saved = trainer.global_step
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        # SIGUSR1 (what SLURM sends before a time limit, with --signal) asks for the same stop
+        # as SIGTERM, which Lightning itself turns into trainer.received_sigterm; a handler
+        # already set (Lightning's own SLURM auto-requeue) is left alone
+        self.stopped_by, self._signalled = None, None
+        if hasattr(signal, "SIGUSR1") and threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
+            self._previous_handler = signal.signal(signal.SIGUSR1, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self._signalled = signal.Signals(signum).name
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGUSR1, self._previous_handler)
+            self._previous_handler = None
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore_handler()
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handler()
+        self._save_unless_averaged(trainer)
+
+    def _stop_requested(self, trainer) -> str | None:
+        """The signal asking to stop, agreed by every process (any of them got it)."""
+        requested = "SIGTERM" if trainer.received_sigterm else self._signalled
+        if trainer.world_size > 1:
+            anyone = trainer.strategy.reduce_boolean_decision(requested is not None, all=False)
+            requested = (requested or "SIGTERM") if anyone else None
+        return requested
+
+    def _stop(self, trainer, signame: str) -> None:
+        """Save the current step, say how to resume, stop training (requeue on SLURM)."""
+        if self._unsaved(trainer):
+            self._save(trainer)
+        self.stopped_by = signame
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            log.warning("%s received: %s saved at step %d. Resume with resume_from=%s (or "
+                        "resume_from=auto and the same hydra.run.dir).", signame, self.last_path,
+                        trainer.global_step, self.last_path)
+            job = os.environ.get("SLURM_JOB_ID")
+            if self.requeue_on_signal and job:
+                done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+                log.warning("scontrol requeue %s: %s", job,
+                            "requeued" if done.returncode == 0 else f"failed ({done.stderr.strip()})")
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.sanity_checking or not self._unsaved(trainer):
+        if trainer.sanity_checking:
+            return
+        signame = self._stop_requested(trainer)
+        if signame is not None:
+            self._stop(trainer, signame)
+            return
+        if not self._unsaved(trainer):
             return
         step = trainer.global_step
         if 0 < trainer.max_steps <= step or step % self.every_n_train_steps == 0:
@@ -77,7 +150,7 @@ class LastCheckpoint(Checkpoint):
         if (trainer.should_stop or last_epoch) and self._unsaved(trainer):
             self._save(trainer)
 
-    def on_train_end(self, trainer, pl_module) -> None:
+    def _save_unless_averaged(self, trainer) -> None:
         # Training that ended another way. With a weight average the module now holds the
         # average, which must not be saved as the weights to resume from: keep the last save.
         averaged = any(isinstance(c, EMAWeightAveraging) for c in trainer.callbacks)

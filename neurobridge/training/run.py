@@ -23,7 +23,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.strategies import FSDPStrategy
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from neurobridge.data.datamodule import check_train_seconds
 from neurobridge.io import atomic_path, write_json_atomic
@@ -40,7 +41,7 @@ from neurobridge.training.checkpoint import (
 )
 from neurobridge.training.loggers import ResumableCSVLogger
 
-__all__ = ["run", "run_info"]
+__all__ = ["PREEMPTED_EXIT", "Preempted", "run", "run_info"]
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +272,33 @@ def _write_config(cfg: DictConfig, run_dir: Path) -> None:
             OmegaConf.save(OmegaConf.create(list(HydraConfig.get().overrides.task)), tmp)
 
 
+class Preempted(Exception):
+    """A run stopped by SIGTERM or SIGUSR1 after saving its current step (``examples/train.py``
+    exits with :data:`PREEMPTED_EXIT`); resume it with ``resume_from``."""
+
+
+#: exit status of a preempted run (128 + SIGTERM), what a cluster script requeues on
+PREEMPTED_EXIT = 143
+
+
+def _resolve_auto_resume(cfg: DictConfig, run_dir: Path) -> None:
+    """``resume_from=auto``: the run folder's ``checkpoints/last.ckpt`` if there is one (a
+    requeued job continues), else a new run."""
+    if cfg.get("resume_from") != "auto":
+        return
+    last = LastCheckpoint.default_dirpath(run_dir) / LastCheckpoint.FILENAME
+    with open_dict(cfg):
+        cfg.resume_from = str(last) if last.is_file() else None
+    log.info("resume_from=auto: %s", f"resuming from {last}" if last.is_file()
+             else f"no {last} yet, starting a new run")
+
+
 def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     """Run ``cfg.task``: train, test and write ``run_dir/metrics.json`` and
-    ``run_dir/checkpoints/last.ckpt`` (a task that does not train writes its own outputs)."""
+    ``run_dir/checkpoints/last.ckpt`` (a task that does not train writes its own outputs).
+
+    Raises :class:`Preempted` when SIGTERM or SIGUSR1 stopped training (its step saved)."""
+    _resolve_auto_resume(cfg, Path(run_dir))
     task = get_task(cfg.task)
     _validate(cfg, task)
     if cfg.get("resume_from"):
@@ -299,9 +324,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume_from)
-    last = next((c.last_path for c in trainer.checkpoint_callbacks
-                 if isinstance(c, LastCheckpoint)), None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=cfg.resume_from)
+    except SIGTERMException:
+        pass  # LastCheckpoint saved the step; Lightning stops a SIGTERMed run by raising
+    saver = next((c for c in trainer.checkpoint_callbacks if isinstance(c, LastCheckpoint)), None)
+    if saver is not None and saver.stopped_by:
+        raise Preempted(f"{saver.stopped_by} stopped the run at step {trainer.global_step}; "
+                        f"resume it with resume_from={saver.last_path}.")
+    last = saver.last_path if saver is not None else None
     module = _module_for_test(cfg, task, module, trainer, last)
     results = trainer.test(module, datamodule=dm)[0]
     metrics = {k: float(v) for k, v in results.items()}
