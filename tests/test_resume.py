@@ -110,3 +110,15 @@ def test_sigusr1_under_slurm_saves_requeues_and_exits_143(small_recordings, tmp_
     import torch
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert ckpt["global_step"] == 6
+
+
+def test_the_slurm_preset_resumes_automatically_and_requeues():
+    from hydra.utils import instantiate
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    with initialize_config_dir(config_dir=CONFIGS, version_base="1.3"):
+        cfg = compose("config", overrides=["trainer=slurm"])
+    assert cfg.resume_from == "auto" and cfg.callbacks.last_checkpoint.requeue_on_signal
+    assert cfg.trainer.strategy == "ddp"
+    (plugin,) = [instantiate(p) for p in cfg.trainer.plugins]
+    assert isinstance(plugin, SLURMEnvironment) and not plugin.auto_requeue

@@ -315,12 +315,15 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     if task.run is not None:
         return task.run(cfg, run_dir)
     module, dm = task.build(cfg)
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    # trainer.plugins (e.g. trainer=slurm's SLURMEnvironment) join the run's checkpoint IO
+    plugins = [instantiate(p) for p in trainer_cfg.pop("plugins", None) or []]
     trainer = L.Trainer(
-        **OmegaConf.to_container(cfg.trainer, resolve=True),
+        **trainer_cfg,
         default_root_dir=run_dir,
         logger=_loggers(cfg, run_dir),
         callbacks=_callbacks(cfg),
-        plugins=[AtomicCheckpointIO(data=data_config(cfg.data))],
+        plugins=[*plugins, AtomicCheckpointIO(data=data_config(cfg.data))],
         use_distributed_sampler=False,
         num_sanity_val_steps=0,
     )
