@@ -24,3 +24,17 @@ class FailAtStep(Callback):
             if self.how == "raise":
                 raise InjectedFault(f"injected at step {self.step}")
             os.kill(os.getpid(), getattr(signal, self.how))
+
+
+class DamageFileAtStep(Callback):
+    """At the start of optimizer step ``step + 1``: cut the file at ``path`` to half its size
+    (a recording that becomes unreadable mid-run)."""
+
+    def __init__(self, step: int, path: str):
+        self.step, self.path = int(step), path
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            size = os.path.getsize(self.path)
+            with open(self.path, "r+b") as f:
+                f.truncate(size // 2)

@@ -122,3 +122,24 @@ def test_the_slurm_preset_resumes_automatically_and_requeues():
     assert cfg.trainer.strategy == "ddp"
     (plugin,) = [instantiate(p) for p in cfg.trainer.plugins]
     assert isinstance(plugin, SLURMEnvironment) and not plugin.auto_requeue
+
+
+def test_a_recording_damaged_mid_run_is_named_and_the_last_checkpoint_is_intact(
+        small_recordings, tmp_path):
+    import shutil
+
+    import torch
+
+    from neurobridge.training import checkpoint_files
+
+    data = tmp_path / "data"
+    shutil.copytree(small_recordings, data)
+    victim = sorted(data.glob("*.h5"))[0]
+    with pytest.raises(OSError, match=rf"{victim.name} changed on disk .* reading the window "
+                                      r"\[[0-9.]+, [0-9.]+\) s.*resume the run"):
+        run(_cfg(data, "trainer.val_check_interval=8",
+                 "+callbacks.fault._target_=faults.DamageFileAtStep", "+callbacks.fault.step=9",
+                 f"+callbacks.fault.path={victim}"), tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint_files.verify(last)
+    assert torch.load(last, weights_only=True)["global_step"] == 8

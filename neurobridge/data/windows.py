@@ -14,6 +14,7 @@ tokenizers read (a test compares the two on every field, window after window).
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import h5py
@@ -82,6 +83,7 @@ class RecordingReader:
                     self.series[name] = (float(f[name].attrs["sampling_rate"]),
                                          float(dom["start"][0]), float(dom["end"][0]), fields)
         self._lazy: Data | None = None
+        self._stat = _identity(self.path)
 
     def _array(self, dset: h5py.Dataset) -> np.ndarray:
         """A memory map of a contiguous dataset, else its values."""
@@ -92,7 +94,25 @@ class RecordingReader:
         return np.memmap(self.path, mode="r", dtype=dset.dtype, shape=dset.shape, offset=offset)
 
     def window(self, start: float, end: float) -> Window:
-        """The window ``[start, end)`` in the recording's time (what ``Data.slice`` gives)."""
+        """The window ``[start, end)`` in the recording's time (what ``Data.slice`` gives).
+
+        Raises an ``OSError`` naming the file and the window when the file was removed, or
+        changed on disk, since it was read (memory-mapped data would then be another file's,
+        or no longer readable).
+        """
+        try:
+            now = _identity(self.path)
+        except OSError as err:
+            now = err
+        if now != self._stat:
+            what = (f"cannot be read any more ({now.strerror or now})" if isinstance(now, OSError)
+                    else "changed on disk (size, modification time or inode)")
+            raise OSError(
+                f"{self.path} {what} since the run opened it, reading the window "
+                f"[{start:.3f}, {end:.3f}) s. A recording must stay as it was while a run "
+                "reads it: restore the file, then resume the run from its last checkpoint "
+                "(resume_from=RUN/checkpoints/last.ckpt)."
+            )
         fields = {"units": self.units, "session": self.session}
         if self.spikes is not None:
             ts = self.spikes["timestamps"]
@@ -125,3 +145,9 @@ def _sample_index(time: float, rate: float, d0: float, d1: float, n: int, eps: f
         idx = float(round(idx))
     return math.ceil(idx)
 
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    """``(inode, size, mtime)`` of a file: what changes when it is rewritten or replaced."""
+    st = os.stat(path)
+    return st.st_ino, st.st_size, st.st_mtime_ns
