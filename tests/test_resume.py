@@ -33,8 +33,9 @@ def uninterrupted(small_recordings, tmp_path_factory):
     """``{val_check_interval: (metrics, train/loss rows of metrics.csv)}`` of uninterrupted
     runs."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    return {vci: (run(_cfg(small_recordings, f"trainer.val_check_interval={vci}"),
-                      out / str(vci)), _losses(out / str(vci))) for vci in (5, 8)}
+    runs = {5: [], 8: [], 4: ["trainer.accumulate_grad_batches=2", "trainer.max_steps=12"]}
+    return {vci: (run(_cfg(small_recordings, f"trainer.val_check_interval={vci}", *extra),
+                      out / str(vci)), _losses(out / str(vci))) for vci, extra in runs.items()}
 
 
 def _losses(run_dir: Path) -> list[tuple[str, str]]:
@@ -46,6 +47,7 @@ def _losses(run_dir: Path) -> list[tuple[str, str]]:
     (8, 18, []),                         # mid-epoch (epoch 1, batch 6), resumed from step 16
     (5, 12, []),                         # resumed from step 10: the last batch of epoch 0
     (8, 18, ["data.num_workers=2"]),     # worker processes (persistent)
+    (4, 10, ["trainer.accumulate_grad_batches=2", "trainer.max_steps=12"]),  # 2 batches a step
 ])
 def test_a_failed_run_resumes_to_the_uninterrupted_metrics(small_recordings, uninterrupted,
                                                            tmp_path, vci, fail_at, extra):
@@ -59,7 +61,7 @@ def test_a_failed_run_resumes_to_the_uninterrupted_metrics(small_recordings, uni
     assert resumed == metrics  # every metric, exactly
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     # the CSV log continues: the interrupted run's rows up to the checkpoint, then the rest
-    assert _losses(tmp_path) == losses and len(losses) == 12
+    assert _losses(tmp_path) == losses and len(losses) >= 6
 
 
 def test_sigterm_saves_the_step_in_progress_and_the_resumed_run_ends_the_same(
@@ -143,3 +145,28 @@ def test_a_recording_damaged_mid_run_is_named_and_the_last_checkpoint_is_intact(
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"
     checkpoint_files.verify(last)
     assert torch.load(last, weights_only=True)["global_step"] == 8
+
+
+def test_a_run_killed_without_warning_at_a_random_step_resumes_exactly(
+        small_recordings, uninterrupted, tmp_path):
+    """SIGKILL (no handler runs) at a seeded random step of examples/train.py; the resumed run
+    repeats the steps since the last checkpoint and ends with the uninterrupted metrics."""
+    import os
+    import random
+    import subprocess
+    import sys
+
+    step = random.Random(19).randrange(9, 23)  # seeded: the same step on every run of the test
+    tests = Path(__file__).resolve().parent
+    env = {**os.environ, "PYTHONPATH": f"{tests}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    done = subprocess.run(
+        [sys.executable, str(tests.parent / "examples" / "train.py"), "data=recordings",
+         f"data.root={small_recordings}", *FAST, "trainer.val_check_interval=8",
+         f"hydra.run.dir={tmp_path}", "+callbacks.fault._target_=faults.FailAtStep",
+         f"+callbacks.fault.step={step}", "+callbacks.fault.how=SIGKILL"],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stderr[-2000:]  # killed, nothing ran after the signal
+    resumed = run(_cfg(small_recordings, "trainer.val_check_interval=8", "resume_from=auto"),
+                  tmp_path)
+    assert resumed == uninterrupted[8][0]
+    assert _losses(tmp_path) == uninterrupted[8][1]
