@@ -27,6 +27,7 @@ __all__ = [
     "CoBPS",
     "MaskedMSE",
     "MaskedR2",
+    "gain_over_mean_rate",
     "log_rate_from_rate",
     "poisson_log_likelihood",
 ]
@@ -76,6 +77,26 @@ def log_rate_from_rate(rate: Tensor | np.ndarray, eps: float = 1e-8) -> Tensor |
     if isinstance(rate, np.ndarray):
         return np.log(np.maximum(rate, eps))
     return torch.log(torch.as_tensor(rate).clamp_min(eps))
+
+
+def gain_over_mean_rate(
+    log_rate: np.ndarray, counts: np.ndarray, cells: np.ndarray | None = None
+) -> tuple[float, float]:
+    """``(LL(model) - LL(null), spikes)`` in nats over the scored ``cells`` of numpy arrays
+    ``[..., units]`` (``cells`` True where scored, all by default; broadcastable), the null
+    predicting each unit's mean count over its scored cells: bits/spike is
+    ``gain / spikes / ln 2`` (NLB's and :class:`CoBPS`'s definition; pool several arrays by
+    summing gains and spikes). ``lgamma(counts + 1)`` cancels between the two."""
+    log_rate = np.asarray(log_rate, dtype=np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
+    cells = np.ones(counts.shape, bool) if cells is None else np.broadcast_to(cells, counts.shape)
+    axes = tuple(range(counts.ndim - 1))
+    scored = np.where(cells, counts, 0.0)
+    n_cells = cells.sum(axis=axes)
+    null = np.where(n_cells > 0, scored.sum(axis=axes) / np.maximum(n_cells, 1), 0.0)
+    ll = np.where(cells, counts * log_rate - np.exp(log_rate), 0.0).sum()
+    ll_null = np.where(cells, counts * np.log(np.where(null > 0, null, 1.0)) - null, 0.0).sum()
+    return float(ll - ll_null), float(scored.sum())
 
 
 def _flatten_cells(

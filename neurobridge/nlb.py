@@ -36,6 +36,7 @@ from neurobridge.baselines import SmoothingGLMBaseline
 from neurobridge.data import NeuralDataModule
 from neurobridge.data.collate import collate
 from neurobridge.io import atomic_path
+from neurobridge.metrics import gain_over_mean_rate, log_rate_from_rate
 
 __all__ = [
     "NLB_ARRAYS",
@@ -53,23 +54,12 @@ NLB_ARRAYS = tuple(
 )
 
 
-def _ll_gain(rates: np.ndarray, spikes: np.ndarray) -> tuple[float, float]:
-    """``(LL_model - LL_null, n_spikes)`` of ``[trials, time, units]`` arrays (NLB's null:
-    each unit's mean count over trials and time)."""
-    rates = np.maximum(np.asarray(rates, np.float64), 1e-9)
-    spikes = np.asarray(spikes, np.float64)
-    null = np.broadcast_to(spikes.mean(axis=(0, 1), keepdims=True), spikes.shape)
-    ll_model = np.sum(spikes * np.log(rates) - rates)
-    safe_null = np.where(null > 0, null, 1.0)
-    ll_null = np.sum(np.where(spikes > 0, spikes * np.log(safe_null), 0.0) - null)
-    return float(ll_model - ll_null), float(spikes.sum())
-
-
 def bits_per_spike(rates: np.ndarray | list, spikes: np.ndarray | list) -> float:
     """NLB's bits/spike of rate predictions (expected counts per bin) ``[trials, time, units]``;
     lists of such arrays (one per recording) are pooled. NaN if there is no spike."""
     pairs = list(zip(rates, spikes)) if isinstance(rates, list) else [(rates, spikes)]
-    gains = [_ll_gain(r, s) for r, s in pairs if np.asarray(s).size]
+    gains = [gain_over_mean_rate(log_rate_from_rate(np.asarray(r, np.float64), 1e-9), s)
+             for r, s in pairs if np.asarray(s).size]
     n = sum(g[1] for g in gains)
     return sum(g[0] for g in gains) / n / math.log(2) if n > 0 else float("nan")
 

@@ -301,3 +301,20 @@ def test_masked_mse():
     )
     mse.update(torch.tensor([[0.5]]), torch.tensor([[0.0]]), torch.tensor([[1]]))
     assert mse.compute().item() == pytest.approx((0 + 4 + 9 + 0.25) / 4)
+
+
+def test_the_streaming_and_the_array_bits_per_spike_agree():
+    """CoBPS (per-unit sums over batches) and gain_over_mean_rate (one array) are one
+    definition: the same value on the same cells."""
+    from neurobridge.metrics import gain_over_mean_rate
+
+    gen = torch.Generator().manual_seed(0)
+    log_rate = torch.randn(40, 7, generator=gen) - 1.0
+    counts = torch.poisson(torch.exp(log_rate + 0.3 * torch.randn(40, 7, generator=gen)))
+    cells = torch.rand(40, 7, generator=gen) < 0.6
+    metric = CoBPS(num_units=7)
+    units = torch.arange(7).expand(40, 7)
+    metric.update(log_rate[cells], counts[cells], units[cells])
+    gain, spikes = gain_over_mean_rate(log_rate.numpy(), counts.numpy(), cells.numpy())
+    # (CoBPS keeps float32 inputs in float32 until its float64 sums: agreement to ~1e-7)
+    assert float(metric.compute()) == pytest.approx(gain / spikes / math.log(2), rel=1e-6)

@@ -23,6 +23,7 @@ import numpy as np
 from scipy.ndimage import correlate1d
 
 from neurobridge.baselines.poisson_glm import PoissonGLMFit, fit_poisson_glm, torch_threads
+from neurobridge.metrics import gain_over_mean_rate
 
 __all__ = [
     "SmoothingChoice",
@@ -112,14 +113,9 @@ class SmoothingChoice:
 
 
 def _masked_bps(log_rate: np.ndarray, counts: np.ndarray, cells: np.ndarray) -> float:
-    """Bits/spike on the ``cells`` of ``[T, N]`` grids (null: each unit's mean over its cells)."""
-    n_cells = cells.sum(axis=0)
-    null = np.where(n_cells > 0, (counts * cells).sum(axis=0) / np.maximum(n_cells, 1), 0.0)
-    ll = np.where(cells, counts * log_rate - np.exp(log_rate), 0.0).sum()
-    log_null = np.log(np.where(null > 0, null, 1.0))
-    ll_null = np.where(cells, counts * log_null - null, 0.0).sum()
-    spikes = (counts * cells).sum()
-    return float((ll - ll_null) / spikes / math.log(2)) if spikes > 0 else float("nan")
+    """Bits/spike on the ``cells`` of ``[T, N]`` grids (:func:`gain_over_mean_rate`)."""
+    gain, spikes = gain_over_mean_rate(log_rate, counts, cells)
+    return gain / spikes / math.log(2) if spikes > 0 else float("nan")
 
 
 def tune_smoothing(
