@@ -343,3 +343,27 @@ def test_checkpoints_store_their_data_options_and_refuse_other_ones(small_record
             tmp_path / "d")
     assert "trained with data.region_key='brain_region', this run has 'id'" in caplog.text
     assert not (tmp_path / "b").exists() and not (tmp_path / "c" / ".hydra").exists()
+
+
+def test_config_mistakes_are_refused_before_torch_is_imported():
+    """examples/train.py checks the config with neurobridge.config_checks first: the check
+    itself imports neither torch nor Lightning (refused in about a second, not after them)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from hydra import compose, initialize_config_dir\n"
+        "from neurobridge.config_checks import check_config\n"
+        f"with initialize_config_dir(config_dir={CONFIGS!r}, version_base='1.3'):\n"
+        "    cfg = compose('config', overrides=['data.bin_size=0'])\n"
+        "try:\n"
+        "    check_config(cfg)\n"
+        "except ValueError as err:\n"
+        "    print('refused:', err)\n"
+        "print('heavy:', sorted({'torch', 'lightning'} & set(sys.modules)))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert "refused: data.bin_size must be a positive number" in done.stdout, done.stderr
+    assert "heavy: []" in done.stdout

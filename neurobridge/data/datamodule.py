@@ -13,6 +13,7 @@ import torch
 from temporaldata import Interval
 from torch.utils.data import DataLoader
 
+from neurobridge.config_checks import check_train_seconds
 from neurobridge.data.binning import SplitCounts
 from neurobridge.data.dataset import RecordingDataset
 from neurobridge.data.images import IMAGE_FOLDER
@@ -67,18 +68,6 @@ def cache_folder(name: str) -> Path:
             "Set the environment variable NEUROBRIDGE_CACHE to a writable folder."
         ) from None
     return folder
-
-
-def check_train_seconds(value) -> None:
-    """``data.train_seconds`` is ``None`` or a positive number of seconds."""
-    if value is None:
-        return
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-    if not ok or not np.isfinite(value):
-        raise ValueError(
-            f"data.train_seconds must be null (all training data) or a positive number of "
-            f"seconds, got {value!r}."
-        )
 
 
 def first_seconds(interval: Interval, seconds: float, window: float, recording_id: str) -> Interval:

@@ -8,7 +8,6 @@ the config, makes the Trainer (callbacks and loggers from ``configs/callbacks`` 
 from __future__ import annotations
 
 import logging
-import math
 import platform
 import subprocess
 from importlib import metadata
@@ -26,12 +25,11 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from neurobridge.data.datamodule import check_train_seconds
+from neurobridge.config_checks import check_config
 from neurobridge.io import atomic_path, write_json_atomic
 from neurobridge.modality import Modality
 from neurobridge.models import encoder_class, set_attention_backend
 from neurobridge.tasks import Task, get_task
-from neurobridge.tasks.common import build_masking
 from neurobridge.training.callbacks import EMAWeights, LastCheckpoint, RandomState
 from neurobridge.training.checkpoint import (
     AtomicCheckpointIO,
@@ -48,29 +46,8 @@ log = logging.getLogger(__name__)
 
 def _validate(cfg: DictConfig, task: Task) -> None:
     """Reject config errors before any data is touched."""
+    check_config(cfg)  # what needs neither torch nor the data
     enc = cfg.model.encoder
-    # the NDT-style peer (model=ndt) has no latents, rotary heads or latent grid of its own
-    for key in ("dim", "dim_head", "depth", "num_latents_per_step"):
-        if key in enc and int(enc[key]) < 1:
-            raise ValueError(f"model.encoder.{key} must be >= 1, got {enc[key]}.")
-    heads = {where: node.dim_head for where, node in (("model.encoder", enc),
-             ("model.decoder", cfg.model.decoder)) if "dim_head" in node}
-    if "readout" in cfg.task:
-        heads["task.readout"] = cfg.task.readout.dim_head
-    for where, dim_head in heads.items():
-        if int(dim_head) % 4:
-            raise ValueError(
-                f"{where}.dim_head must be a multiple of 4 (rotary time embeddings rotate "
-                f"half of each head in pairs), got {dim_head}; e.g. {4 * max(1, int(dim_head) // 4)}."
-            )
-    positive = {"data.bin_size": cfg.data.bin_size,
-                "model.encoder.sequence_length": enc.sequence_length}
-    if "latent_step" in enc:
-        positive["model.encoder.latent_step"] = enc.latent_step
-    for key, value in positive.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
-                or not math.isfinite(value):
-            raise ValueError(f"{key} must be a positive number of seconds, got {value!r}.")
     if task.build is not None:
         steps = cfg.trainer.get("max_steps")
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
@@ -84,31 +61,7 @@ def _validate(cfg: DictConfig, task: Task) -> None:
             f"model.encoder.dim must be even for CaPOYO (half value embedding, half unit "
             f"embedding), got {enc.dim}."
         )
-    seq, step = float(enc.sequence_length), float(enc.get("latent_step", cfg.data.bin_size))
-    if abs(seq / step - round(seq / step)) > 1e-6:
-        raise ValueError(
-            f"model.encoder.sequence_length ({seq}) must be a multiple of latent_step ({step})."
-        )
-    bins = seq / float(cfg.data.bin_size)
-    if abs(bins - round(bins)) > 1e-6:
-        raise ValueError(
-            f"model.encoder.sequence_length ({seq}) must be a multiple of data.bin_size "
-            f"({cfg.data.bin_size})."
-        )
-    ema_decay = cfg.task.get("ema_decay")
-    if ema_decay is not None:
-        if not (isinstance(ema_decay, (int, float)) and 0 < ema_decay < 1):
-            raise ValueError(
-                f"task.ema_decay must be a number in (0, 1), e.g. 0.999, or null, got {ema_decay!r}."
-            )
-        if "fsdp" in str(cfg.trainer.get("strategy", "")).lower():
-            raise ValueError(
-                "task.ema_decay does not work with FSDP (the weight average is not sharded): "
-                "use trainer=ddp or set task.ema_decay=null."
-            )
-    build_masking(cfg)  # checks the masking ratios
     set_attention_backend(cfg.get("attention_backend", "sdpa"))
-    check_train_seconds(cfg.data.get("train_seconds"))
     if task.check is not None:
         task.check(cfg)
     data_modality = Modality.parse(cfg.data.modality)
