@@ -138,6 +138,14 @@ def test_missing_folder_and_empty_folder(tmp_path):
         RecordingDataset(tmp_path)
 
 
+def test_a_file_as_data_root_and_a_value_key_without_field_are_named(small_recordings):
+    one = sorted(small_recordings.glob("*.h5"))[0]
+    with pytest.raises(NotADirectoryError, match=rf"is a file; .*data.root={small_recordings}"):
+        RecordingDataset(one)
+    with pytest.raises(ValueError, match=r"data.value_key must name .*'<series>.<field>'.*'mua'"):
+        RecordingDataset(small_recordings, modality="values", value_key="mua")
+
+
 def test_truncated_file_is_named(small_recordings, tmp_path):
     root = tmp_path / "data"
     shutil.copytree(small_recordings, root)

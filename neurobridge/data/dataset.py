@@ -56,6 +56,17 @@ class RecordingDataset(Dataset):
         modality = Modality.parse(modality)
         check_spike_values(spike_values, modality)
         root = Path(root)
+        if root.is_file():
+            raise NotADirectoryError(
+                f"data.root={root} is a file; it must be the folder that holds the recording "
+                f"files (<recording_id>.h5): data.root={root.parent}."
+            )
+        series, dot, field = value_key.partition(".")
+        if not (series and dot and field):
+            raise ValueError(
+                f"data.value_key must name a regular time series and its field, "
+                f"'<series>.<field>' (e.g. 'mua.values'), got {value_key!r}."
+            )
         if not root.is_dir():
             raise FileNotFoundError(
                 f"Data folder {root} does not exist. Set data.root to a folder of recording "
