@@ -30,6 +30,12 @@ class _SkippingSampler(torch.utils.data.Sampler):
     def skip_next(self, count: int, epoch: int) -> None:
         self.skip, self.skip_epoch = count, epoch
 
+    @property
+    def pending(self) -> int:
+        """The indices the next iteration leaves out: ``skip`` if it is of epoch ``epoch``."""
+        same_epoch = self.skip_epoch in (None, getattr(self.sampler, "epoch", 0))
+        return self.skip if same_epoch else 0
+
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
@@ -38,8 +44,7 @@ class _SkippingSampler(torch.utils.data.Sampler):
         return len(self.sampler)
 
     def __iter__(self) -> Iterator:
-        same_epoch = self.skip_epoch in (None, getattr(self.sampler, "epoch", 0))
-        skip = self.skip if same_epoch else 0
+        skip = self.pending
         self.skip, self.skip_epoch = 0, None
         for i, index in enumerate(self.sampler):
             if i >= skip:
@@ -65,8 +70,7 @@ class BatchLoader(torch.utils.data.DataLoader):
         self._served = 0  # batches of the current epoch handed out
 
     def __iter__(self):
-        skipping = self.sampler.skip_epoch in (None, getattr(self.sampler.sampler, "epoch", 0))
-        self._served = self.sampler.skip // max(1, self.batch_size or 1) if skipping else 0
+        self._served = self.sampler.pending // max(1, self.batch_size or 1)
         for batch in super().__iter__():
             self._served += 1
             yield batch.unpack() if isinstance(batch, PackedBatch) else batch
