@@ -64,6 +64,11 @@ class LastCheckpoint(Checkpoint):
         """The folder of ``last.ckpt`` in a run folder when ``dirpath`` is not given."""
         return Path(root_dir) / "checkpoints"
 
+    @classmethod
+    def default_path(cls, root_dir: str | Path) -> Path:
+        """``<root_dir>/checkpoints/last.ckpt``: where a run folder's last checkpoint is."""
+        return cls.default_dirpath(root_dir) / cls.FILENAME
+
     @property
     def last_path(self) -> Path:
         """Where ``last.ckpt`` is (or will be) written."""

@@ -59,10 +59,12 @@ def data_config(data: Mapping) -> dict:
     return {k: data.get(k) for k in (*DATA_KEYS, *DATA_KEYS_WARNED)}
 
 
-def check_data_config(path: str | Path, data: Mapping, option: str) -> None:
+def check_data_config(path: str | Path, data: Mapping, option: str,
+                      meta: Mapping | None = None) -> None:
     """Refuse ``path`` (given as ``option``) when it was trained with other data options than
-    ``data`` (a ``data`` config); warn where only the region field differs."""
-    saved = read_checkpoint_meta(path).get("data")
+    ``data`` (a ``data`` config); warn where only the region field differs. ``meta``: the
+    checkpoint's :func:`read_checkpoint_meta`, when the caller has read it already."""
+    saved = (read_checkpoint_meta(path) if meta is None else meta).get("data")
     if saved is None:
         log.warning("%s=%s was written before checkpoints stored their data options: its "
                     "data.bin_size and data.modality are not compared with this run's.", option, path)
@@ -154,10 +156,13 @@ def _read(path: str | Path, map_location) -> tuple[dict, dict, Path]:
 
 
 def read_checkpoint_meta(path: str | Path) -> dict:
-    """The NeuroBridge entry of a checkpoint: ``version``, ``kind``, the ``model`` config and
-    (checkpoints written by a run since 2026-12) the ``data`` options (:func:`data_config`)."""
-    meta = dict(_read(path, "cpu")[1])
+    """The NeuroBridge entry of a checkpoint: ``version``, ``kind``, the ``model`` config,
+    (checkpoints written by a run since 2026-12) the ``data`` options (:func:`data_config`), and
+    the ``global_step`` it was saved at."""
+    ckpt, meta, _ = _read(path, "cpu")
+    meta = dict(meta)
     meta.setdefault("kind", "masked")
+    meta["global_step"] = int(ckpt.get("global_step", 0))
     return meta
 
 

@@ -120,9 +120,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def _check_resume(cfg: DictConfig, task: Task) -> None:
-    """``resume_from`` must be a checkpoint of this task, with the model this config describes."""
-    meta = read_checkpoint_meta(cfg.resume_from)
+def _check_resume(cfg: DictConfig, task: Task, meta: dict) -> None:
+    """``resume_from`` (its :func:`read_checkpoint_meta` ``meta``) must be a checkpoint of this
+    task, with the model and the data options this config describes."""
     if task.checkpoint_kind is None:
         raise ValueError(f"task={task.name} does not train: resume_from does not apply to it.")
     if meta["kind"] != task.checkpoint_kind:
@@ -141,14 +141,13 @@ def _check_resume(cfg: DictConfig, task: Task) -> None:
                 f"resume_from={cfg.resume_from} was trained with another model ({shown}). Use the "
                 "run's model overrides, or start a new run (init_from for a later stage)."
             )
+    check_data_config(cfg.resume_from, cfg.data, "resume_from", meta=meta)
 
 
-def _loggers(cfg: DictConfig, run_dir: Path) -> list:
+def _loggers(cfg: DictConfig, run_dir: Path, resume_step: int | None) -> list:
     """The loggers of ``cfg.logger`` (``configs/logger/``), each writing under ``run_dir``; a
-    :class:`ResumableCSVLogger` of a resumed run continues the run's CSV file."""
-    resume_step = (int(torch.load(cfg.resume_from, map_location="cpu", weights_only=True,
-                                  mmap=True).get("global_step", 0))
-                   if cfg.get("resume_from") else None)
+    :class:`ResumableCSVLogger` of a run resumed from step ``resume_step`` continues the run's
+    CSV file."""
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         if node is None:
@@ -204,7 +203,7 @@ def _module_for_test(cfg: DictConfig, task: Task, module: L.LightningModule,
 
 def _check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to overwrite another run's ``last.ckpt`` (a resumed run may rewrite its own)."""
-    last = LastCheckpoint.default_dirpath(run_dir) / LastCheckpoint.FILENAME
+    last = LastCheckpoint.default_path(run_dir)
     resume = cfg.get("resume_from")
     if last.exists() and not (resume and Path(resume).resolve() == last.resolve()):
         raise FileExistsError(
@@ -239,7 +238,7 @@ def _resolve_auto_resume(cfg: DictConfig, run_dir: Path) -> None:
     requeued job continues), else a new run."""
     if cfg.get("resume_from") != "auto":
         return
-    last = LastCheckpoint.default_dirpath(run_dir) / LastCheckpoint.FILENAME
+    last = LastCheckpoint.default_path(run_dir)
     with open_dict(cfg):
         cfg.resume_from = str(last) if last.is_file() else None
     log.info("resume_from=auto: %s", f"resuming from {last}" if last.is_file()
@@ -254,9 +253,10 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     _resolve_auto_resume(cfg, Path(run_dir))
     task = get_task(cfg.task)
     _validate(cfg, task)
-    if cfg.get("resume_from"):
-        _check_resume(cfg, task)
-        check_data_config(cfg.resume_from, cfg.data, "resume_from")
+    # the checkpoint to resume is read (and its hash checked) once for every check here
+    resume = read_checkpoint_meta(cfg.resume_from) if cfg.get("resume_from") else None
+    if resume is not None:
+        _check_resume(cfg, task, resume)
     if cfg.get("init_from"):
         check_data_config(cfg.init_from, cfg.data, "init_from")
     run_dir = Path(run_dir)
@@ -274,7 +274,7 @@ def run(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     trainer = L.Trainer(
         **trainer_cfg,
         default_root_dir=run_dir,
-        logger=_loggers(cfg, run_dir),
+        logger=_loggers(cfg, run_dir, resume["global_step"] if resume is not None else None),
         callbacks=_callbacks(cfg),
         plugins=[*plugins, AtomicCheckpointIO(data=data_config(cfg.data))],
         use_distributed_sampler=False,
