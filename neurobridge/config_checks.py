@@ -12,7 +12,7 @@ import math
 
 from omegaconf import DictConfig
 
-__all__ = ["check_config", "check_train_seconds"]
+__all__ = ["check_config", "check_positive_seconds", "check_train_seconds"]
 
 
 def check_train_seconds(value) -> None:
@@ -27,7 +27,8 @@ def check_train_seconds(value) -> None:
         )
 
 
-def _positive_seconds(key: str, value) -> None:
+def check_positive_seconds(key: str, value) -> None:
+    """``value`` (the option ``key``) is a finite number of seconds > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
             or not math.isfinite(value):
         raise ValueError(f"{key} must be a positive number of seconds, got {value!r}.")
@@ -52,10 +53,10 @@ def check_config(cfg: DictConfig) -> None:
                 f"{where}.dim_head must be a multiple of 4 (rotary time embeddings rotate "
                 f"half of each head in pairs), got {dim_head}; e.g. {4 * max(1, int(dim_head) // 4)}."
             )
-    _positive_seconds("data.bin_size", cfg.data.bin_size)
-    _positive_seconds("model.encoder.sequence_length", enc.sequence_length)
+    check_positive_seconds("data.bin_size", cfg.data.bin_size)
+    check_positive_seconds("model.encoder.sequence_length", enc.sequence_length)
     if "latent_step" in enc:
-        _positive_seconds("model.encoder.latent_step", enc.latent_step)
+        check_positive_seconds("model.encoder.latent_step", enc.latent_step)
     seq, step = float(enc.sequence_length), float(enc.get("latent_step", cfg.data.bin_size))
     if abs(seq / step - round(seq / step)) > 1e-6:
         raise ValueError(

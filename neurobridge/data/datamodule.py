@@ -13,7 +13,7 @@ import torch
 from temporaldata import Interval
 from torch.utils.data import DataLoader
 
-from neurobridge.config_checks import check_train_seconds
+from neurobridge.config_checks import check_positive_seconds, check_train_seconds
 from neurobridge.data.binning import SplitCounts
 from neurobridge.data.dataset import RecordingDataset
 from neurobridge.data.images import IMAGE_FOLDER
@@ -181,9 +181,8 @@ class NeuralDataModule(L.LightningDataModule):
                     f"data.{key} must be a whole number >= {low}"
                     f"{' or null' if optional else ''}, got {value!r}."
                 )
-        for key, value in (("bin_size", bin_size), ("sequence_length", sequence_length)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"data.{key} must be a positive number of seconds, got {value!r}.")
+        check_positive_seconds("data.bin_size", bin_size)
+        check_positive_seconds("data.sequence_length", sequence_length)
         bad = set(eval_modes) - set(MASKING_MODES)
         if bad:
             raise ValueError(f"data.eval_modes has unknown modes {sorted(bad)}; valid: {list(MASKING_MODES)}.")
