@@ -492,17 +492,16 @@ def section_scaling(device: str, sizes: Sizes) -> tuple[list[str], dict]:
 # ----------------------------------------------------------------------- d. data pipeline
 
 
-def pipeline_rate(dm, workers: int, n_batches: int, split: str = "train",
-                  repeats: int = 1) -> dict:
-    """windows/s of ``dm``'s ``split`` DataLoader with ``workers`` worker processes: the
-    median of ``repeats`` timings of ``n_batches`` batches after the first two."""
-    dm.num_workers = workers
+def loader_rate(make_loader: Callable, n_batches: int, repeats: int) -> tuple[float, float]:
+    """``(windows/s, first-batch seconds)`` of the loaders ``make_loader()`` builds: the median of
+    ``repeats`` timings of ``n_batches`` batches after the first two, and the start-up of the
+    first loader (worker start and its first batch)."""
     rates, first = [], None
     for _ in range(repeats):
-        loader = getattr(dm, f"{split}_dataloader")()
+        loader = make_loader()
         it = forever(loader)
         start = time.perf_counter()
-        next(it)  # worker start-up and the first batch
+        next(it)
         first = time.perf_counter() - start if first is None else first
         next(it)
         start, windows = time.perf_counter(), 0
@@ -511,7 +510,16 @@ def pipeline_rate(dm, workers: int, n_batches: int, split: str = "train",
         rates.append(windows / (time.perf_counter() - start))
         del it, loader
         gc.collect()
-    return {"workers": workers, "windows_s": float(np.median(rates)), "first_s": first}
+    return float(np.median(rates)), first
+
+
+def pipeline_rate(dm, workers: int, n_batches: int, split: str = "train",
+                  repeats: int = 1) -> dict:
+    """windows/s of ``dm``'s ``split`` DataLoader with ``workers`` worker processes
+    (:func:`loader_rate`)."""
+    dm.num_workers = workers
+    rate, first = loader_rate(getattr(dm, f"{split}_dataloader"), n_batches, repeats)
+    return {"workers": workers, "windows_s": rate, "first_s": first}
 
 
 class ReferencePath(torch.utils.data.Dataset):
@@ -527,19 +535,14 @@ class ReferencePath(torch.utils.data.Dataset):
 
 
 def reference_rate(dm, n_batches: int, repeats: int) -> float:
-    """windows/s of :class:`ReferencePath` over the training windows (one process)."""
-    rates = []
-    for _ in range(repeats):
-        loader = torch.utils.data.DataLoader(
+    """windows/s of :class:`ReferencePath` over the training windows (one process,
+    :func:`loader_rate`)."""
+    def make():
+        return torch.utils.data.DataLoader(
             ReferencePath(dm.dataset), sampler=dm.train_dataloader().sampler,
             batch_size=dm.batch_size, collate_fn=collate)
-        it = forever(loader)
-        next(it)
-        start, windows = time.perf_counter(), 0
-        for _ in range(n_batches):
-            windows += len(next(it)["session_index"])
-        rates.append(windows / (time.perf_counter() - start))
-    return float(np.median(rates))
+
+    return loader_rate(make, n_batches, repeats)[0]
 
 
 def profile_pipeline(dm, n_batches: int, top: int = 12) -> list[str]:
