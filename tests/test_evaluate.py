@@ -87,10 +87,14 @@ def test_evaluate_scores_checkpoints_alone_and_as_an_ensemble(small_recordings, 
         assert metrics[key] >= sum(members) / 2 - 1e-6
         assert metrics[key] != pytest.approx(members[0], abs=1e-4)
         assert metrics[f"test/baseline/co_bps{mode}"] < metrics[f"test/oracle/co_bps{mode}"]
-    # one checkpoint: its own scores, no member keys
-    single = run(_cfg(_evaluate(small_recordings, ckpts[1:])), tmp_path / "one")
+    # one checkpoint: its own scores, no member keys; with the latent ceiling on the same cells
+    single = run(_cfg(_evaluate(small_recordings, ckpts[1:]) + ["task.ceiling=true"]),
+                 tmp_path / "one")
     assert single["test/co_bps"] == pytest.approx(runs[1]["test/co_bps"], abs=1e-5)
     assert not any(k.startswith("member") for k in single)
+    for mode in ("", *(f"/{m}" for m in MASKING_MODES)):
+        assert (single[f"test/baseline/co_bps{mode}"] < single[f"test/ceiling/co_bps{mode}"]
+                < single[f"test/oracle/co_bps{mode}"]), mode
 
 
 def test_evaluate_start_up_errors(small_recordings, tmp_path):

@@ -1,13 +1,14 @@
 """What several tasks build the same way: the data module, the masking controller, the
-smoothing baseline, and the checks of a loaded model against the data."""
+smoothing baseline, the latent ceiling, and the checks of a loaded model against the data."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import h5py
 from omegaconf import DictConfig, OmegaConf
 
-from neurobridge.baselines import SmoothingGLMBaseline
+from neurobridge.baselines import LatentPosteriorCeiling, SmoothingGLMBaseline, SplitTruth
 from neurobridge.data import NeuralDataModule, StimulusDataModule, cache_folder
 from neurobridge.masking import MaskingController
 from neurobridge.modality import Modality
@@ -22,6 +23,7 @@ __all__ = [
     "check_reads_data",
     "check_vocab",
     "container",
+    "latent_ceiling",
     "nlb_protocol",
     "smoothing_baseline",
 ]
@@ -87,6 +89,38 @@ def smoothing_baseline(
     valid = {sid: dm.split_counts("valid", rid) for sid, rid in sessions
              if len(dm.intervals["valid"][rid])}
     return SmoothingGLMBaseline(**container(cfg), training_counts=counts, validation_counts=valid)
+
+
+def latent_ceiling(task_cfg: DictConfig, dm: NeuralDataModule) -> LatentPosteriorCeiling | None:
+    """With ``task.ceiling`` true, the achievable ceiling of ``dm``'s recordings
+    (:class:`~neurobridge.baselines.LatentPosteriorCeiling`, keyed by session id), fitted now on
+    each training split's ground truth so that data without one are refused before training;
+    ``None`` otherwise."""
+    if not task_cfg.get("ceiling"):
+        return None
+    if dm.modality is not Modality.SPIKES:
+        raise ValueError("task.ceiling=true scores spike counts: it needs data.modality=spikes.")
+    truth = {}
+    for sid, rid in dm.recording_of_session.items():
+        path = dm.dataset.root / f"{rid}.h5"
+        with h5py.File(path, "r") as f:
+            missing = [k for k in ("true_rates/latents", "true_rates/rates") if k not in f]
+        if missing:
+            raise ValueError(
+                f"task.ceiling=true needs recordings with a latent ground truth, but {path} has "
+                f"no {' or '.join(missing)} (the built-in synthetic data store them). Set "
+                "task.ceiling=false."
+            )
+        truth[sid] = SplitTruth.of(path, dm.intervals["train"][rid], dm.bin_size)
+    ceiling = LatentPosteriorCeiling(truth=truth,
+                                     window_bins=round(dm.sequence_length / dm.bin_size))
+    for sid, rid in dm.recording_of_session.items():
+        try:
+            ceiling.model(sid)
+        except ValueError as err:
+            raise ValueError(f"task.ceiling=true: {dm.dataset.root / f'{rid}.h5'}: {err} "
+                             "Set task.ceiling=false.") from None
+    return ceiling
 
 
 def check_protocol(cfg: DictConfig) -> None:

@@ -17,6 +17,7 @@ from neurobridge.tasks.common import (
     check_protocol,
     check_reads_data,
     check_vocab,
+    latent_ceiling,
     nlb_protocol,
     smoothing_baseline,
 )
@@ -53,7 +54,8 @@ def build_evaluation(cfg: DictConfig) -> tuple[MaskedPretraining, NeuralDataModu
         members.append(model)
     ensemble = MaskedModelEnsemble(members, names=[str(p) for p in paths]).eval()
     dm.tokenizer = dm.masked_tokenizer(ensemble.encoder, build_masking(cfg))
-    return MaskedPretraining(model=ensemble, baseline=smoothing_baseline(cfg.task, dm)), dm
+    return MaskedPretraining(model=ensemble, baseline=smoothing_baseline(cfg.task, dm),
+                             ceiling=latent_ceiling(cfg.task, dm)), dm
 
 
 def _test(module: L.LightningModule, dm, cfg: DictConfig) -> dict[str, float]:
@@ -71,12 +73,12 @@ def _test(module: L.LightningModule, dm, cfg: DictConfig) -> dict[str, float]:
 def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
     """Score ``task.checkpoints`` on the test split of ``cfg.data`` and write ``metrics.json``.
 
-    The keys are those of a pretraining run's test (``test/co_bps/<mode>``, the baseline and
-    the oracle; ``test/r2/...`` for values) for the checkpoint, or for the ensemble of the
-    checkpoints (the mean of their log-rates or values) when there are several; each member's
-    own scores are added as ``member<i>/test/...``. With ``task.protocol=nlb`` the NLB
-    protocol's ``test/nlb/...`` scores are added and its files written to ``run_dir/nlb``
-    (:mod:`neurobridge.nlb`). Every model sees the same test windows
+    The keys are those of a pretraining run's test (``test/co_bps/<mode>``, the baseline, the
+    oracle and, with ``task.ceiling``, the latent ceiling; ``test/r2/...`` for values) for the
+    checkpoint, or for the ensemble of the checkpoints (the mean of their log-rates or values)
+    when there are several; each member's own scores are added as ``member<i>/test/...``. With
+    ``task.protocol=nlb`` the NLB protocol's ``test/nlb/...`` scores are added and its files
+    written to ``run_dir/nlb`` (:mod:`neurobridge.nlb`). Every model sees the same test windows
     under the same fixed masks (``data.eval_seed``), so the scores compare cell for cell.
     One device; ``trainer.accelerator`` and ``trainer.precision`` apply.
     """

@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig
 from torch import Tensor
 
-from neurobridge.baselines import SmoothingGLMBaseline
+from neurobridge.baselines import LatentPosteriorCeiling, SmoothingGLMBaseline
 from neurobridge.data import MaskedBatch, MaskedTokenizer, NeuralDataModule
 from neurobridge.data.spike_values import VALUE_SOURCES
 from neurobridge.losses import masked_mse, masked_poisson_nll
@@ -24,6 +24,7 @@ from neurobridge.tasks.common import (
     build_masking,
     check_protocol,
     container,
+    latent_ceiling,
     nlb_protocol,
     smoothing_baseline,
 )
@@ -59,8 +60,9 @@ class MaskedPretraining(L.LightningModule):
     masked cells, plus ``unmasked_weight`` times the same loss on the decoded cells the
     encoder saw when the training batches carry some (``data.train_unmasked_queries``).
     Validation and test score the fixed evaluation masks per mode: co-smoothing
-    bits/spike (spikes) or R² (values). At test time the smoothing baseline and, when the files
-    store ground truth, the true-rate oracle are scored on the same cells. When the batches
+    bits/spike (spikes) or R² (values). At test time the smoothing baseline, when the files
+    store ground truth the true-rate oracle and, if given, the latent ceiling are scored on the
+    same cells. When the batches
     carry ``value_source`` (a values run with ``data.spike_values``), losses and R² are also
     reported per kind of recording (:data:`SOURCE_GROUPS`, pooled over modes).
 
@@ -73,6 +75,8 @@ class MaskedPretraining(L.LightningModule):
         baseline: the smoothing baseline, keyed by session id, fitted on a session's training
             split when the test first scores it
             (:func:`neurobridge.tasks.common.smoothing_baseline`); ``None`` skips it.
+        ceiling: the achievable ceiling of data with a latent ground truth, keyed by session id
+            (:func:`neurobridge.tasks.common.latent_ceiling`); ``None`` skips it.
         model_config: the resolved ``model`` config, stored in every checkpoint so that
             :func:`neurobridge.training.load_masked_model` can rebuild the model without data.
         unmasked_weight: weight of the loss on decoded unmasked cells (``query_visible``).
@@ -86,6 +90,7 @@ class MaskedPretraining(L.LightningModule):
         scheduler: dict | None = None,
         total_steps: int | None = None,
         baseline: SmoothingGLMBaseline | None = None,
+        ceiling: LatentPosteriorCeiling | None = None,
         model_config: dict | None = None,
         unmasked_weight: float = 1.0,
     ):
@@ -100,11 +105,12 @@ class MaskedPretraining(L.LightningModule):
         self.scheduler_cfg = dict(scheduler) if scheduler is not None else None
         self.total_steps = total_steps
         self.baseline = baseline
+        self.ceiling = ceiling
         self.model_config = model_config
         self.is_spiking = model.modality is Modality.SPIKES
         num_units = len(model.encoder.unit_emb.vocab)
         metric_cls = CoBPS if self.is_spiking else MaskedR2
-        whos = ("model", "baseline", "oracle") if self.is_spiking else ("model", "oracle")
+        whos = ("model", "baseline", "ceiling", "oracle") if self.is_spiking else ("model", "oracle")
         groups = (*MASKING_MODES, "all") if self.is_spiking else (*MASKING_MODES, "all",
                                                                     *SOURCE_GROUPS)
         self.metric_keys = [f"{who}/{group}" for who in whos for group in groups]
@@ -183,9 +189,11 @@ class MaskedPretraining(L.LightningModule):
             self._update_metrics("oracle", oracle, batch)
         if self.is_spiking and self.baseline is not None:
             self._update_metrics("baseline", self._baseline_log_rates(batch), batch)
+        if self.is_spiking and self.ceiling is not None:
+            self._update_metrics("ceiling", self._ceiling_log_rates(batch), batch)
 
     def on_test_epoch_end(self) -> None:
-        self._log_metrics("test", whos=("model", "baseline", "oracle"))
+        self._log_metrics("test", whos=("model", "baseline", "ceiling", "oracle"))
         for sid, choice in (self.baseline.choices if self.baseline is not None else {}).items():
             for name in ("sigma_bins", "l2", "temporal_sigma_bins"):
                 self.log(f"test/baseline/{sid}/{name}", float(getattr(choice, name)))
@@ -227,20 +235,42 @@ class MaskedPretraining(L.LightningModule):
                      prog_bar=(who == "model" and mode == "all"))
             metric.reset()
 
+    def _window_grids(self, batch: MaskedBatch):
+        """``(b, session id, counts [T, n], loss mask [T, n])`` of every window of the batch."""
+        vocab = self.model.encoder.session_emb
+        for b in range(batch["target"].shape[0]):
+            n_units = int((batch["grid_unit_index"][b] > 0).sum())
+            yield (b, vocab.detokenizer(int(batch["session_index"][b])),
+                   batch["grid"][b, :n_units].T.cpu().numpy(),
+                   batch["grid_mask"][b, :n_units].T.cpu().numpy())
+
+    @staticmethod
+    def _at_queries(out: Tensor, batch: MaskedBatch, b: int, log_rate: np.ndarray) -> None:
+        """Write window ``b``'s ``[T, n]`` log-rates at its query cells of ``out [B, Q]``."""
+        q = batch["query_mask"][b]
+        qb = batch["query_bin"][b][q].cpu().numpy()
+        qu = batch["query_unit"][b][q].cpu().numpy()
+        out[b, q] = torch.as_tensor(log_rate[qb, qu], dtype=out.dtype, device=out.device)
+
     def _baseline_log_rates(self, batch: MaskedBatch) -> Tensor:
         """Smoothing-baseline log-rates ``[B, Q]`` at the batch's query cells."""
         out = torch.zeros_like(batch["target"])
-        vocab = self.model.encoder.session_emb
-        for b in range(batch["target"].shape[0]):
-            sid = vocab.detokenizer(int(batch["session_index"][b]))
-            n_units = int((batch["grid_unit_index"][b] > 0).sum())
-            grid = batch["grid"][b, :n_units].T.cpu().numpy()
-            mask = batch["grid_mask"][b, :n_units].T.cpu().numpy()
-            log_rate = self.baseline.predict_log_rate(sid, grid, mask)
-            q = batch["query_mask"][b]
-            qb = batch["query_bin"][b][q].cpu().numpy()
-            qu = batch["query_unit"][b][q].cpu().numpy()
-            out[b, q] = torch.as_tensor(log_rate[qb, qu], dtype=out.dtype, device=out.device)
+        for b, sid, grid, mask in self._window_grids(batch):
+            self._at_queries(out, batch, b, self.baseline.predict_log_rate(sid, grid, mask))
+        return out
+
+    def _ceiling_log_rates(self, batch: MaskedBatch) -> Tensor:
+        """Latent-ceiling log-rates ``[B, Q]`` at the batch's query cells (the windows of one
+        session solved together)."""
+        out = torch.zeros_like(batch["target"])
+        by_session: dict[str, list] = {}
+        for window in self._window_grids(batch):
+            by_session.setdefault(window[1], []).append(window)
+        for sid, windows in by_session.items():
+            log_rates = self.ceiling.predict_log_rates(
+                sid, np.stack([w[2] for w in windows]), np.stack([w[3] for w in windows]))
+            for (b, *_), log_rate in zip(windows, log_rates):
+                self._at_queries(out, batch, b, log_rate)
         return out
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -294,6 +324,7 @@ def masked_pretraining(
         scheduler=container(task.scheduler),
         total_steps=int(cfg.trainer.max_steps),
         baseline=smoothing_baseline(task, dm),
+        ceiling=latent_ceiling(task, dm),
         model_config=model_config,
         unmasked_weight=float(task.get("unmasked_weight", 1.0)),
     )
