@@ -32,10 +32,12 @@ def save_pretraining_plots(module, dm, run_dir: Path) -> list[Path]:
 
 
 def plot_loss_curves(metrics_csv: Path, out: Path, smooth: int = 10) -> Path:
-    """Training loss per masking mode (moving average over ``smooth`` logged points)."""
+    """Left: training loss per masking mode (moving average over ``smooth`` logged points) and
+    the validation loss; right: the learning curve, validation co-bps (R² for values) per mode
+    and pooled against the step."""
     with open(metrics_csv) as f:
         rows = list(csv.DictReader(f))
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, (ax, curve) = plt.subplots(1, 2, figsize=(12, 4))
     for mode in MASKING_MODES:
         key = f"train/loss/{mode}"
         pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
@@ -51,6 +53,18 @@ def plot_loss_curves(metrics_csv: Path, out: Path, smooth: int = 10) -> Path:
     ax.set_ylabel("masked loss")
     ax.set_title("Masked reconstruction loss per mode")
     ax.legend()
+    name = "co_bps" if any(r.get("val/co_bps") for r in rows) else "r2"
+    for mode, style in [*((m, "-o") for m in MASKING_MODES), (None, "k--o")]:
+        key = f"val/{name}/{mode}" if mode else f"val/{name}"
+        pts = [(int(r["step"]), float(r[key])) for r in rows if r.get(key)]
+        if pts:
+            curve.plot(*zip(*pts), style, label=mode or "pooled", markersize=3)
+    curve.axhline(0.0, color="grey", linewidth=0.8)
+    curve.set_xlabel("step")
+    curve.set_ylabel("validation co-bps" if name == "co_bps" else "validation R²")
+    curve.set_title("Learning curve (validation split)")
+    if curve.lines[1:]:
+        curve.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
