@@ -12,7 +12,9 @@ nothing else; ``F = forward_bins`` bins at the end are hidden for every unit. Th
 
 both as NLB defines them (:func:`bits_per_spike`: Poisson log-likelihood against a null that
 predicts each unit's mean count over the evaluated trials and bins, divided by the spike count
-and ln 2). The smoothing baseline is scored on the same held-out cells (``baseline/co_bps``).
+and ln 2). The smoothing baseline is scored on the same held-out cells (``baseline/co_bps``), and with a
+latent ceiling (``task.ceiling=true``) that ceiling given the same held-in cells
+(``ceiling/co_bps``, ``ceiling/fp_bps``).
 
 :func:`write_nlb_files` writes ``predictions.h5`` (``eval_rates_heldin``,
 ``eval_rates_heldout``, ``eval_rates_heldin_forward``, ``eval_rates_heldout_forward``) and
@@ -32,7 +34,7 @@ import h5py
 import numpy as np
 import torch
 
-from neurobridge.baselines import SmoothingGLMBaseline
+from neurobridge.baselines import LatentPosteriorCeiling, SmoothingGLMBaseline
 from neurobridge.data import NeuralDataModule
 from neurobridge.data.collate import collate
 from neurobridge.io import atomic_path
@@ -102,6 +104,7 @@ class NLBResult:
     predictions: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     targets: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
     baseline: dict[str, np.ndarray] = field(default_factory=dict)  # held-out rates
+    ceiling: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # like predictions
     metrics: dict[str, float] = field(default_factory=dict)
 
 
@@ -114,6 +117,7 @@ def nlb_evaluate(
     heldout_fraction: float = 0.25,
     seed: int = 0,
     baseline: SmoothingGLMBaseline | None = None,
+    ceiling: LatentPosteriorCeiling | None = None,
     batch_size: int = 64,
     prefix: str = "test/nlb",
 ) -> NLBResult:
@@ -123,7 +127,9 @@ def nlb_evaluate(
 
     Returns:
         The arrays and ``{prefix}/co_bps``, ``{prefix}/fp_bps`` (pooled over recordings),
-        ``{prefix}/baseline/co_bps`` and the same per session (``{prefix}/<session>/...``).
+        ``{prefix}/baseline/co_bps``, with ``ceiling`` ``{prefix}/ceiling/co_bps`` and
+        ``.../fp_bps`` (the latent ceiling given the same held-in cells), and the same per
+        session (``{prefix}/<session>/...``).
     """
     tokenizer = dm.tokenizer
     n_bins = tokenizer.n_bins
@@ -180,36 +186,46 @@ def nlb_evaluate(
         result.targets[sid] = {f"eval_spikes_{k}": counts[:, t][:, :, u] for k, (t, u) in parts.items()}
         if baseline is not None:
             result.baseline[sid] = np.stack(base)
+        if ceiling is not None:
+            full = np.exp(ceiling.predict_log_rates(sid, counts, np.broadcast_to(mask, counts.shape)))
+            result.ceiling[sid] = {f"eval_rates_{k}": full[:, t][:, :, u]
+                                   for k, (t, u) in parts.items()}
     _score(result, prefix, forward_bins)
     return result
 
 
 def _score(result: NLBResult, prefix: str, forward_bins: int) -> None:
     sids = list(result.predictions)
-    p, t = result.predictions, result.targets
+    t = result.targets
 
     def fwd(d: dict, kind: str, s: str) -> np.ndarray:
         return np.concatenate([d[s][f"eval_{kind}_heldin_forward"],
                                d[s][f"eval_{kind}_heldout_forward"]], axis=2)
 
     m = result.metrics
-    m[f"{prefix}/co_bps"] = bits_per_spike([p[s]["eval_rates_heldout"] for s in sids],
-                                           [t[s]["eval_spikes_heldout"] for s in sids])
-    if forward_bins:
-        m[f"{prefix}/fp_bps"] = bits_per_spike([fwd(p, "rates", s) for s in sids],
-                                               [fwd(t, "spikes", s) for s in sids])
+    # the model, and the ceiling where scored, on the same held-out and forward cells
+    for who, p in (("", result.predictions), ("ceiling/", result.ceiling)):
+        if not p:
+            continue
+        m[f"{prefix}/{who}co_bps"] = bits_per_spike([p[s]["eval_rates_heldout"] for s in sids],
+                                                    [t[s]["eval_spikes_heldout"] for s in sids])
+        if forward_bins:
+            m[f"{prefix}/{who}fp_bps"] = bits_per_spike([fwd(p, "rates", s) for s in sids],
+                                                        [fwd(t, "spikes", s) for s in sids])
+        for s in sids:
+            m[f"{prefix}/{s}/{who}co_bps"] = bits_per_spike(p[s]["eval_rates_heldout"],
+                                                            t[s]["eval_spikes_heldout"])
+            if forward_bins:
+                m[f"{prefix}/{s}/{who}fp_bps"] = bits_per_spike(fwd(p, "rates", s),
+                                                                fwd(t, "spikes", s))
     if result.baseline:
         m[f"{prefix}/baseline/co_bps"] = bits_per_spike(
             [result.baseline[s] for s in sids], [t[s]["eval_spikes_heldout"] for s in sids])
     for s in sids:
-        m[f"{prefix}/{s}/co_bps"] = bits_per_spike(p[s]["eval_rates_heldout"],
-                                                   t[s]["eval_spikes_heldout"])
-        if forward_bins:
-            m[f"{prefix}/{s}/fp_bps"] = bits_per_spike(fwd(p, "rates", s), fwd(t, "spikes", s))
         if result.baseline:
             m[f"{prefix}/{s}/baseline/co_bps"] = bits_per_spike(result.baseline[s],
                                                                 t[s]["eval_spikes_heldout"])
-        m[f"{prefix}/{s}/trials"] = float(p[s]["eval_rates_heldout"].shape[0])
+        m[f"{prefix}/{s}/trials"] = float(result.predictions[s]["eval_rates_heldout"].shape[0])
 
 
 def _to_device(batch, device):

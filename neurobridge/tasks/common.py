@@ -156,7 +156,8 @@ def nlb_protocol(module, dm: NeuralDataModule, cfg: DictConfig, run_dir) -> dict
     result = nlb_evaluate(
         module.eval(), dm, forward_bins=int(cfg.task.forward_bins),
         heldout_fraction=float(cfg.task.heldout_fraction), seed=int(cfg.seed),
-        baseline=module.baseline, batch_size=int(cfg.data.eval_batch_size),
+        baseline=module.baseline, ceiling=module.ceiling,
+        batch_size=int(cfg.data.eval_batch_size),
     )
     write_nlb_files(result, Path(run_dir) / "nlb")
     return result.metrics
