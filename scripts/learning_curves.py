@@ -19,7 +19,7 @@ interrupted sweep continues where it stopped. Every stage is an ``examples/train
 printed as it runs.
 
     python scripts/learning_curves.py --out runs/curves
-    python scripts/learning_curves.py --out runs/curves --sessions 1 2 4 --ndt-steps 3600
+    python scripts/learning_curves.py --out runs/curves --sessions 1 2 4 --ndt-sessions 4
 """
 
 from __future__ import annotations
@@ -44,13 +44,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/curves", help="folder of the run folders and results")
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4],
                    help="numbers of pretraining sessions (of the built-in 4)")
+    p.add_argument("--ndt-sessions", type=int, nargs="+", default=None,
+                   help="numbers of pretraining sessions of the NDT-style runs (default: "
+                        "--sessions)")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--steps", type=int, default=1200, help="steps of the NeuroBridge runs")
     p.add_argument("--ndt-steps", type=int, default=3600, help="steps of the NDT-style runs")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    if any(not 1 <= k <= 4 for k in args.sessions):
-        p.error(f"--sessions must be in 1..4 (the built-in data have 4), got {args.sessions}.")
+    args.ndt_sessions = args.ndt_sessions or args.sessions
+    if any(not 1 <= k <= 4 for k in args.sessions + args.ndt_sessions):
+        p.error("--sessions and --ndt-sessions must be in 1..4 (the built-in data have 4), got "
+                f"{args.sessions} and {args.ndt_sessions}.")
     return args
 
 
@@ -75,7 +80,7 @@ def run_sweep(args: argparse.Namespace, out: Path) -> dict:
     results = {"session": SESSION, "runs": {}}
     for model in args.models:
         steps = args.steps if model == "neurobridge" else args.ndt_steps
-        for k in args.sessions:
+        for k in args.sessions if model == "neurobridge" else args.ndt_sessions:
             name = f"{model}_{k}s"
             run_dir = out / name
             if not (run_dir / "metrics.json").exists():
