@@ -137,9 +137,9 @@ def plot(results: dict, path: Path) -> None:
                  title="Co-bps against training steps")
     steps_ax.legend(fontsize=8)
     for model in dict.fromkeys(r["model"] for r in results["runs"].values()):
-        pts = sorted((r["sessions"], r["test"]["pooled"]) for r in results["runs"].values()
-                     if r["model"] == model)
-        data_ax.plot(*zip(*pts), "-o", label=model)
+        runs = [r for r in results["runs"].values() if r["model"] == model]
+        pts = sorted((r["sessions"], r["test"]["pooled"]) for r in runs)
+        data_ax.plot(*zip(*pts), "-o", label=f"{model} ({runs[0]['steps']:,} steps)")
     for who, style in (("baseline", "k:"), ("ceiling", "k--"), ("oracle", "k-")):
         data_ax.axhline(results[who]["pooled"], linestyle=style[1:], color="k", linewidth=1,
                         label=who)
