@@ -127,17 +127,3 @@ def test_task_ceiling_needs_a_latent_ground_truth(small_recordings, tmp_path):
         run(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before training
 
-
-def test_ceiling_under_the_nlb_protocol(small_recordings, tmp_path):
-    """The ceiling scored on the NLB protocol's cells: held-out units given the held-in ones,
-    and the forward bins given nothing after the observed ones."""
-    cfg = _cfg(["data=recordings", f"data.root={small_recordings}", *FAST, "task.ceiling=true",
-                "task.protocol=nlb", "task.baseline.tune=null", "trainer.max_steps=2",
-                "trainer.val_check_interval=2"])
-    metrics = run(cfg, tmp_path / "run")
-    assert metrics["test/nlb/ceiling/co_bps"] > metrics["test/nlb/baseline/co_bps"] > 0
-    assert metrics["test/nlb/ceiling/fp_bps"] > 0
-    # two steps of training: the model is near the mean-rate solution, far below the ceiling
-    assert metrics["test/nlb/co_bps"] < 0.5 * metrics["test/nlb/ceiling/co_bps"]
-    for sid in ("synthetic_s00", "synthetic_s01"):
-        assert np.isfinite(metrics[f"test/nlb/{sid}/ceiling/co_bps"])

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from test_models import KW, UNITS, _spike_inputs
@@ -87,14 +88,21 @@ def test_evaluate_scores_checkpoints_alone_and_as_an_ensemble(small_recordings, 
         assert metrics[key] >= sum(members) / 2 - 1e-6
         assert metrics[key] != pytest.approx(members[0], abs=1e-4)
         assert metrics[f"test/baseline/co_bps{mode}"] < metrics[f"test/oracle/co_bps{mode}"]
-    # one checkpoint: its own scores, no member keys; with the latent ceiling on the same cells
-    single = run(_cfg(_evaluate(small_recordings, ckpts[1:]) + ["task.ceiling=true"]),
+    # one checkpoint: its own scores, no member keys; with the latent ceiling on the same cells,
+    # also under the NLB protocol
+    single = run(_cfg(_evaluate(small_recordings, ckpts[1:]) + ["task.ceiling=true",
+                                                                 "task.protocol=nlb"]),
                  tmp_path / "one")
     assert single["test/co_bps"] == pytest.approx(runs[1]["test/co_bps"], abs=1e-5)
     assert not any(k.startswith("member") for k in single)
     for mode in ("", *(f"/{m}" for m in MASKING_MODES)):
         assert (single[f"test/baseline/co_bps{mode}"] < single[f"test/ceiling/co_bps{mode}"]
                 < single[f"test/oracle/co_bps{mode}"]), mode
+    # NLB: held-out units given the held-in ones, forward bins given the observed ones
+    assert single["test/nlb/ceiling/co_bps"] > single["test/nlb/baseline/co_bps"] > 0
+    assert single["test/nlb/ceiling/co_bps"] > single["test/nlb/co_bps"]
+    assert single["test/nlb/ceiling/fp_bps"] > single["test/nlb/fp_bps"]
+    assert np.isfinite(single["test/nlb/synthetic_s00/ceiling/co_bps"])
 
 
 def test_evaluate_start_up_errors(small_recordings, tmp_path):
