@@ -129,6 +129,31 @@ def test_neural_projector():
         projector(torch.randn(5, 2, 8))
 
 
+def test_neural_projector_per_session():
+    """A per-session first layer: sessions start equal, then learn independently."""
+    torch.manual_seed(0)
+    projector = NeuralProjector(in_dim=8, hidden_dim=16, out_dim=4, dropout=0.0, num_sessions=3)
+    x = torch.randn(4, 8)
+    sessions = torch.tensor([1, 2, 1, 2])
+    torch.testing.assert_close(projector(x, torch.ones(4, dtype=torch.long)),
+                               projector(x, torch.full((4,), 2)))
+    projector(x[:2], sessions[:1].expand(2)).sum().backward()
+    assert projector.session_weight.grad[1].abs().sum() > 0
+    assert projector.session_weight.grad[2].abs().sum() == 0
+    before = projector(x, sessions)
+    with torch.no_grad():
+        projector.session_weight[2] += 1.0
+    after = projector(x, sessions)
+    torch.testing.assert_close(after[sessions == 1], before[sessions == 1])
+    assert not torch.allclose(after[sessions == 2], before[sessions == 2])
+    with pytest.raises(ValueError, match="pass session_index"):
+        projector(x)
+    with pytest.raises(ValueError, match="align the model on this session"):
+        projector(x, torch.tensor([1, 2, 3, 1]))
+    shared = NeuralProjector(in_dim=8, hidden_dim=16, out_dim=4)
+    assert "net.0.weight" in shared.state_dict()  # the shared layout of earlier checkpoints
+
+
 # ---------------------------------------------------------------- InfoNCE
 
 

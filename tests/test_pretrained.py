@@ -67,6 +67,20 @@ def test_alignment_model_round_trips_bit_identically(tmp_path):
     assert loaded.projector.out_dim == 24
 
 
+def test_a_per_session_projector_round_trips(tmp_path):
+    torch.manual_seed(0)
+    head = {**HEAD, "projector": {**HEAD["projector"], "per_session": True}}
+    model = build_alignment_model({**_model_config(), **head}, clip_dim=24,
+                                  unit_ids=["s/u0", "t/u0"], session_ids=["s", "t"])
+    assert model.projector.num_sessions == 3  # two sessions and the padding index
+    assert "per_session" not in model.config["projector"]
+    torch.nn.init.normal_(model.projector.session_weight)
+    model.save_pretrained(tmp_path / "a")
+    loaded = AlignmentModel.from_pretrained(tmp_path / "a")
+    _assert_same_state(model, loaded)
+    assert loaded.projector.num_sessions == 3
+
+
 def test_a_folder_of_another_kind_or_version_is_refused(tmp_path):
     masked = build_masked_model(_model_config(), unit_ids=["u"], session_ids=["s"])
     masked.save_pretrained(tmp_path / "m")

@@ -11,10 +11,11 @@ from torch import Tensor
 __all__ = ["mean_test_embeddings", "neural_clip_embedding"]
 
 
-def neural_clip_embedding(model: nn.Module, encoder_inputs: dict) -> Tensor:
-    """``[batch, d_clip]`` L2-normalised embedding of the aligned model, without gradient."""
+def neural_clip_embedding(model: nn.Module, batch: dict) -> Tensor:
+    """``[batch, d_clip]`` L2-normalised embedding of the aligned model for a stimulus batch
+    (its ``encoder_inputs`` and ``session_index``), without gradient."""
     with torch.no_grad():
-        return F.normalize(model(encoder_inputs).float(), dim=-1)
+        return F.normalize(model(batch["encoder_inputs"], batch["session_index"]).float(), dim=-1)
 
 
 def mean_test_embeddings(model: nn.Module, dm, device: torch.device) -> tuple[list[str], Tensor]:
@@ -23,7 +24,7 @@ def mean_test_embeddings(model: nn.Module, dm, device: torch.device) -> tuple[li
     sums: dict[str, Tensor] = {}
     for batch in dm.test_dataloader():
         batch = move_data_to_device(batch, device)
-        z = neural_clip_embedding(model, batch["encoder_inputs"])
+        z = neural_clip_embedding(model, batch)
         for row, vec in zip(batch["image_index"].tolist(), z):
             image_id = dm.image_ids[row]
             sums[image_id] = sums.get(image_id, 0) + vec

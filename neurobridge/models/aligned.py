@@ -36,11 +36,12 @@ class AlignmentModel(Shareable, nn.Module):
     def encoder(self) -> nn.Module:
         return self.masked_model.encoder
 
-    def forward(self, encoder_inputs: dict[str, Tensor]) -> Tensor:
-        """``[batch, d_clip]`` (not normalised) from the encoder's inputs of whole windows."""
+    def forward(self, encoder_inputs: dict[str, Tensor], session_index: Tensor | None = None) -> Tensor:
+        """``[batch, d_clip]`` (not normalised) from the encoder's inputs of whole windows;
+        ``session_index`` ``[batch]`` is needed by a per-session projector."""
         latents = self.encoder.encode(**encoder_inputs)
         tokens = self.readout(latents, encoder_inputs["latent_timestamps"])
-        return self.projector(tokens)
+        return self.projector(tokens, session_index)
 
     def freeze_encoder(self, trainable_layers: int = 0) -> None:
         """Freeze the masked model except the last ``trainable_layers`` self-attention layers of

@@ -182,6 +182,8 @@ def build_alignment_model(
         masked_model = build_masked_model(config, unit_ids=unit_ids, session_ids=session_ids,
                                           where=where)
     head = alignment_head_config(config, clip_dim=clip_dim)
+    if head["projector"].pop("per_session", False):
+        head["projector"]["num_sessions"] = len(masked_model.encoder.session_emb.vocab)
     model = AlignmentModel(
         masked_model=masked_model,
         readout=LatentReadout(**head["readout"]),

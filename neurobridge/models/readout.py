@@ -116,19 +116,35 @@ class NeuralProjector(nn.Module):
     Linear → LayerNorm → GELU → Dropout, Linear → LayerNorm → GELU → Dropout, Linear. The
     output is not normalised (the contrastive loss normalises).
 
+    With ``num_sessions > 0`` the first layer has its own weights per session (session
+    stitching, as NDT2 / MtM stitch sessions): the units, and so the latent code of an image,
+    differ between recordings, and a ridge readout fitted per recording gets that for free.
+
     Args:
         in_dim: ``K * dim`` (a ``[B, in_dim]`` input is accepted as is).
         hidden_dim: width of the two hidden layers.
         out_dim: ``d_clip``.
         dropout: dropout after each hidden layer.
+        num_sessions: size of the encoder's session vocabulary (index 0, padding, included)
+            for a per-session first layer; 0: one first layer shared by every session.
     """
 
-    def __init__(self, *, in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.1):
+    def __init__(self, *, in_dim: int, hidden_dim: int, out_dim: int, dropout: float = 0.1,
+                 num_sessions: int = 0):
         super().__init__()
+        if num_sessions < 0:
+            raise ValueError(f"NeuralProjector num_sessions must be >= 0, got {num_sessions}.")
         self.in_dim = in_dim
         self.out_dim = out_dim
+        self.num_sessions = num_sessions
+        first = nn.Linear(in_dim, hidden_dim)
+        if num_sessions:  # every session starts from the same initialisation
+            self.session_weight = nn.Parameter(first.weight.detach().T.expand(
+                num_sessions, in_dim, hidden_dim).clone())
+            self.session_bias = nn.Parameter(first.bias.detach().expand(
+                num_sessions, hidden_dim).clone())
         self.net = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
+            nn.Identity() if num_sessions else first,
             nn.LayerNorm(hidden_dim),
             nn.GELU(),
             nn.Dropout(dropout),
@@ -139,12 +155,23 @@ class NeuralProjector(nn.Module):
             nn.Linear(hidden_dim, out_dim),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``[B, K, dim]`` (or ``[B, K * dim]``) → ``[B, out_dim]``."""
+    def forward(self, x: Tensor, session_index: Tensor | None = None) -> Tensor:
+        """``[B, K, dim]`` (or ``[B, K * dim]``) → ``[B, out_dim]``; ``session_index``
+        ``[B]`` (the encoder's session vocabulary index of each window) with ``num_sessions``."""
         x = x.flatten(1)
         if x.shape[1] != self.in_dim:
             raise ValueError(
                 f"NeuralProjector expects {self.in_dim} features per sample (K * dim), got "
                 f"{x.shape[1]}."
             )
-        return self.net(x)
+        if not self.num_sessions:
+            return self.net(x)
+        if session_index is None:
+            raise ValueError("This NeuralProjector has a first layer per session: pass "
+                             "session_index [batch].")
+        if int(session_index.min()) < 1 or int(session_index.max()) >= self.num_sessions:
+            raise ValueError(
+                f"NeuralProjector: session index out of [1, {self.num_sessions - 1}] (the "
+                "sessions the head was aligned on); align the model on this session first.")
+        h = torch.einsum("bi,bih->bh", x, self.session_weight[session_index])
+        return self.net(h + self.session_bias[session_index])

@@ -116,7 +116,7 @@ class AdapterTraining(L.LightningModule):
         return self
 
     def _loss(self, batch: StimulusBatch, generator: torch.Generator | None = None) -> Tensor:
-        neural = neural_clip_embedding(self.aligned, batch["encoder_inputs"])
+        neural = neural_clip_embedding(self.aligned, batch)
         with torch.no_grad():
             latents = encode_images(self.diffusion, batch["pixels"])
         conditioning = self.adapter.conditioning(neural, generator=generator)

@@ -130,7 +130,7 @@ class AlignmentTraining(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def forward(self, batch: StimulusBatch) -> Tensor:
-        return self.model(batch["encoder_inputs"])
+        return self.model(batch["encoder_inputs"], batch["session_index"])
 
     def training_step(self, batch: StimulusBatch, batch_idx: int) -> Tensor:
         neural = self(batch)
