@@ -51,7 +51,7 @@ def _align_cfg(visual_root, *extra):
 
 
 def test_align_freezes_the_encoder_and_writes_retrieval_metrics(visual_root, pretrained, tmp_path):
-    cfg = _align_cfg(visual_root, f"init_from={pretrained}")
+    cfg = _align_cfg(visual_root, f"init_from={pretrained}", "task.latent_probe=true")
     module, _ = build_alignment(cfg)
     before = {k: v.clone() for k, v in module.state_dict().items() if torch.is_tensor(v)}
     metrics = run(cfg, tmp_path / "align")
@@ -68,6 +68,10 @@ def test_align_freezes_the_encoder_and_writes_retrieval_metrics(visual_root, pre
     # images, so evoked counts identify them well above chance
     assert metrics["test/ridge/two_way"] > 0.6
     assert metrics["test/ridge/retrieval_top5"] > 2 * metrics["test/retrieval_chance_top5"]
+    # the linear probe of the frozen latents: the same ridge, fitted per recording
+    assert metrics["test/latent_probe/two_way"] > 0.6
+    assert metrics["test/latent_probe/retrieval_top5"] > metrics["test/retrieval_chance_top5"]
+    assert metrics["test/latent_probe/retrieval_top5"] != metrics["test/ridge/retrieval_top5"]
 
     aligned = load_alignment_model(tmp_path / "align" / "checkpoints" / "last.ckpt")
     after = {f"model.{k}": v for k, v in aligned.state_dict().items() if torch.is_tensor(v)}

@@ -16,11 +16,12 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 
 from neurobridge.alignment.retrieval import RetrievalMetrics, TwoWayIdentification
 from neurobridge.data.binning import bin_spikes
 
-__all__ = ["evoked_counts", "fit_ridge", "ridge_readout_scores"]
+__all__ = ["evoked_counts", "fit_ridge", "latent_probe_scores", "ridge_readout_scores"]
 
 
 def evoked_counts(cut: Callable, onsets: Sequence[float], *, n_units: int, bin_size: float,
@@ -56,28 +57,17 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum(axis=1).mean())
 
 
-def ridge_readout_scores(
-    module, dm, *, bin_size: float = 0.1, n_bins: int = 4,
-    alphas: Sequence[float] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5),
-) -> dict[str, float]:
-    """Fit and score the ridge readout on ``dm``'s stimulus windows; ``module`` is the
-    alignment task's LightningModule (its image embeddings, split rows and metrics)."""
+def _fit_and_score(module, parts: dict, alphas: Sequence[float], prefix: str) -> dict[str, float]:
+    """Per group (a recording), fit the ridge on ``parts[group]["train"] = (x, rows)``, pick the
+    penalty on ``"valid"``, and score ``"test"`` with the alignment task's metrics."""
     targets = module.image_embeddings.double().cpu().numpy()
     first, n_test = module.split_rows["test"]
     retrieval = RetrievalMetrics(
         candidates=module.image_embeddings[first : first + n_test].float().cpu())
     two_way = TwoWayIdentification()
     chosen = {}
-    for rid in dm.dataset.recording_ids:
-        reader = dm.dataset.reader(rid)
-        parts = {}
-        for split in ("train", "valid", "test"):
-            windows = [w for w in dm.stimulus.windows[split] if w.recording_id == rid]
-            rows = np.array([dm.image_rows[w.image_id] for w in windows], dtype=np.int64)
-            x = evoked_counts(reader.window, [w.onset for w in windows], n_units=len(reader.units.id),
-                              bin_size=bin_size, n_bins=n_bins)
-            parts[split] = (x, rows)
-        (x_tr, r_tr), (x_va, r_va), (x_te, r_te) = parts["train"], parts["valid"], parts["test"]
+    for group, split in parts.items():
+        (x_tr, r_tr), (x_va, r_va), (x_te, r_te) = split["train"], split["valid"], split["test"]
         if not len(r_tr) or not len(r_te):
             continue
         mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0)
@@ -88,14 +78,66 @@ def ridge_readout_scores(
             w, b = fit_ridge(z[0], targets[r_tr], alpha)
             scores[alpha] = _cosine(z[1] @ w + b, targets[r_va]) if len(r_va) else 0.0
         alpha = max(scores, key=scores.get)
-        chosen[rid] = alpha
+        chosen[group] = alpha
         w, b = fit_ridge(z[0], targets[r_tr], alpha)
         pred = torch.as_tensor(z[2] @ w + b, dtype=torch.float32)
         retrieval.update(pred, torch.as_tensor(r_te - first))
         two_way.update(pred, torch.as_tensor(targets[r_te], dtype=torch.float32))
     results = retrieval.compute()
-    out = {f"test/ridge/retrieval_{k}": float(v) for k, v in results.items()
+    out = {f"{prefix}/retrieval_{k}": float(v) for k, v in results.items()
            if k in ("top1", "top5", "image_to_neural_top1", "image_to_neural_top5")}
-    out["test/ridge/two_way"] = float(two_way.compute())
-    out.update({f"test/ridge/{rid}/alpha": float(a) for rid, a in chosen.items()})
+    out[f"{prefix}/two_way"] = float(two_way.compute())
+    out.update({f"{prefix}/{group}/alpha": float(a) for group, a in chosen.items()})
     return out
+
+
+def ridge_readout_scores(
+    module, dm, *, bin_size: float = 0.1, n_bins: int = 4,
+    alphas: Sequence[float] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5),
+) -> dict[str, float]:
+    """Fit and score the ridge readout on ``dm``'s stimulus windows; ``module`` is the
+    alignment task's LightningModule (its image embeddings, split rows and metrics)."""
+    parts = {}
+    for rid in dm.dataset.recording_ids:
+        reader = dm.dataset.reader(rid)
+        parts[rid] = {}
+        for split in ("train", "valid", "test"):
+            windows = [w for w in dm.stimulus.windows[split] if w.recording_id == rid]
+            rows = np.array([dm.image_rows[w.image_id] for w in windows], dtype=np.int64)
+            x = evoked_counts(reader.window, [w.onset for w in windows], n_units=len(reader.units.id),
+                              bin_size=bin_size, n_bins=n_bins)
+            parts[rid][split] = (x, rows)
+    return _fit_and_score(module, parts, alphas, "test/ridge")
+
+
+def latent_probe_scores(
+    module, dm, *, alphas: Sequence[float] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5),
+) -> dict[str, float]:
+    """The linear probe of the encoder: the same ridge, per recording, from the flattened
+    latents ``[L * dim]`` of each whole stimulus window (the encoder as the module holds it)
+    instead of the evoked counts (``test/latent_probe/...``). What it scores bounds what a
+    linear readout of those latents can reach; the gap to ``test/ridge`` is what the encoder
+    loses of the evoked response."""
+    encoder = module.model.encoder
+    vocab = encoder.session_emb.vocab
+    session_of = {vocab[str(dm.dataset.get_recording(rid).session.id)]: rid
+                  for rid in dm.dataset.recording_ids}
+    loaders = {"train": dm.train_dataloader(), "valid": dm.val_dataloader(),
+               "test": dm.test_dataloader()}
+    collected: dict = {rid: {s: ([], []) for s in loaders} for rid in dm.dataset.recording_ids}
+    was_training = encoder.training
+    encoder.eval()
+    with torch.no_grad():
+        for split, loader in loaders.items():
+            for batch in loader:
+                batch = move_data_to_device(batch, module.device)
+                latents = encoder.encode(**batch["encoder_inputs"]).flatten(1).double().cpu()
+                for x, row, sess in zip(latents.numpy(), batch["image_index"].tolist(),
+                                        batch["session_index"].tolist()):
+                    xs, rows = collected[session_of[sess]][split]
+                    xs.append(x)
+                    rows.append(row)
+    encoder.train(was_training)
+    parts = {rid: {s: (np.stack(xs) if xs else np.zeros((0, 1)), np.array(rows, dtype=np.int64))
+                   for s, (xs, rows) in splits.items()} for rid, splits in collected.items()}
+    return _fit_and_score(module, parts, alphas, "test/latent_probe")

@@ -21,6 +21,7 @@ from neurobridge.alignment import (
     build_clip_image_encoder,
     clip_infonce,
     embed_image_source,
+    latent_probe_scores,
     ridge_readout_scores,
     write_embedding_cache,
 )
@@ -337,11 +338,17 @@ def plot_retrieval(module: AlignmentTraining, dm: StimulusDataModule, run_dir: P
 def ridge_readout(module: AlignmentTraining, dm: StimulusDataModule, cfg: DictConfig,
                   run_dir: Path) -> dict[str, float]:
     """``task.ridge``: the ridge readout from evoked counts, fitted and scored on the same
-    presentations and targets (``test/ridge/...``; spikes only; null skips it)."""
+    presentations and targets (``test/ridge/...``; spikes only; null skips it); with
+    ``task.latent_probe`` also the same ridge on the encoder's latents
+    (``test/latent_probe/...``)."""
     ridge = cfg.task.get("ridge")
-    if not ridge or not module.is_spiking:
-        return {}
-    return ridge_readout_scores(module, dm, **container(ridge))
+    out = {}
+    if ridge and module.is_spiking:
+        out.update(ridge_readout_scores(module, dm, **container(ridge)))
+    if cfg.task.get("latent_probe"):
+        alphas = container(ridge)["alphas"] if ridge else None
+        out.update(latent_probe_scores(module, dm, **({"alphas": alphas} if alphas else {})))
+    return out
 
 
 TASK = Task(name="align", build=build_alignment, checkpoint_kind=CHECKPOINT_KIND,
