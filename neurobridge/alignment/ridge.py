@@ -7,7 +7,8 @@ as the alignment task) by ridge regression fitted on the training presentations.
 chosen per recording among ``alphas`` by the validation presentations' mean cosine with their
 target; the test presentations are then scored with the alignment task's own retrieval and
 2-way metrics (``test/ridge/retrieval_top1``, ``test/ridge/retrieval_top5``,
-``test/ridge/two_way``).
+``test/ridge/two_way``). The linear probe (:func:`latent_probe_scores`) fits the same ridge
+on the encoder's latents instead of the counts.
 """
 
 from __future__ import annotations
@@ -115,9 +116,9 @@ def latent_probe_scores(
 ) -> dict[str, float]:
     """The linear probe of the encoder: the same ridge, per recording, from the flattened
     latents ``[L * dim]`` of each whole stimulus window (the encoder as the module holds it)
-    instead of the evoked counts (``test/latent_probe/...``). What it scores bounds what a
-    linear readout of those latents can reach; the gap to ``test/ridge`` is what the encoder
-    loses of the evoked response."""
+    instead of the evoked counts (``test/latent_probe/...``). It measures what a linear map
+    of those latents reads; the gap to ``test/ridge`` is what the encoder loses of the evoked
+    response. The windows come from the data module's loaders: under DDP, rank 0's shard."""
     encoder = module.model.encoder
     vocab = encoder.session_emb.vocab
     session_of = {vocab[str(dm.dataset.get_recording(rid).session.id)]: rid
