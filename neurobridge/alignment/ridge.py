@@ -22,7 +22,12 @@ from lightning.pytorch.utilities import move_data_to_device
 from neurobridge.alignment.retrieval import RetrievalMetrics, TwoWayIdentification
 from neurobridge.data.binning import bin_spikes
 
-__all__ = ["evoked_counts", "fit_ridge", "latent_probe_scores", "ridge_readout_scores"]
+__all__ = [
+    "RIDGE_ALPHAS", "evoked_counts", "fit_ridge", "latent_probe_scores", "ridge_readout_scores",
+]
+
+#: The ridge penalties tried (one chosen per recording on the validation presentations).
+RIDGE_ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
 
 
 def evoked_counts(cut: Callable, onsets: Sequence[float], *, n_units: int, bin_size: float,
@@ -94,7 +99,7 @@ def _fit_and_score(module, parts: dict, alphas: Sequence[float], prefix: str) ->
 
 def ridge_readout_scores(
     module, dm, *, bin_size: float = 0.1, n_bins: int = 4,
-    alphas: Sequence[float] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5),
+    alphas: Sequence[float] = RIDGE_ALPHAS,
 ) -> dict[str, float]:
     """Fit and score the ridge readout on ``dm``'s stimulus windows; ``module`` is the
     alignment task's LightningModule (its image embeddings, split rows and metrics)."""
@@ -112,7 +117,7 @@ def ridge_readout_scores(
 
 
 def latent_probe_scores(
-    module, dm, *, alphas: Sequence[float] = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5),
+    module, dm, *, alphas: Sequence[float] = RIDGE_ALPHAS,
 ) -> dict[str, float]:
     """The linear probe of the encoder: the same ridge, per recording, from the flattened
     latents ``[L * dim]`` of each whole stimulus window (the encoder as the module holds it)
@@ -121,8 +126,8 @@ def latent_probe_scores(
     response. The windows come from the data module's loaders: under DDP, rank 0's shard."""
     encoder = module.model.encoder
     vocab = encoder.session_emb.vocab
-    session_of = {vocab[str(dm.dataset.get_recording(rid).session.id)]: rid
-                  for rid in dm.dataset.recording_ids}
+    session_of = {vocab[sid]: rid
+                  for rid, sid in zip(dm.dataset.recording_ids, dm.dataset.session_ids())}
     loaders = {"train": dm.train_dataloader(), "valid": dm.val_dataloader(),
                "test": dm.test_dataloader()}
     collected: dict = {rid: {s: ([], []) for s in loaders} for rid in dm.dataset.recording_ids}

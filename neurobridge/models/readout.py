@@ -169,7 +169,7 @@ class NeuralProjector(nn.Module):
         if session_index is None:
             raise ValueError("This NeuralProjector has a first layer per session: pass "
                              "session_index [batch].")
-        if int(session_index.min()) < 1 or int(session_index.max()) >= self.num_sessions:
+        if bool(((session_index < 1) | (session_index >= self.num_sessions)).any()):
             raise ValueError(
                 f"NeuralProjector: session index out of [1, {self.num_sessions - 1}] (the "
                 "sessions the head was aligned on); align the model on this session first.")

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from neurobridge.alignment import (
+    RIDGE_ALPHAS,
     EmbeddingCache,
     LogitScale,
     RetrievalMetrics,
@@ -335,8 +336,8 @@ def plot_retrieval(module: AlignmentTraining, dm: StimulusDataModule, run_dir: P
     plots.plot_retrieval(module, dm, Path(run_dir) / "retrieval.png")
 
 
-def ridge_readout(module: AlignmentTraining, dm: StimulusDataModule, cfg: DictConfig,
-                  run_dir: Path) -> dict[str, float]:
+def linear_readouts(module: AlignmentTraining, dm: StimulusDataModule, cfg: DictConfig,
+                    run_dir: Path) -> dict[str, float]:
     """``task.ridge``: the ridge readout from evoked counts, fitted and scored on the same
     presentations and targets (``test/ridge/...``; spikes only; null skips it); with
     ``task.latent_probe`` also the same ridge on the encoder's latents
@@ -346,10 +347,10 @@ def ridge_readout(module: AlignmentTraining, dm: StimulusDataModule, cfg: DictCo
     if ridge and module.is_spiking:
         out.update(ridge_readout_scores(module, dm, **container(ridge)))
     if cfg.task.get("latent_probe"):
-        alphas = container(ridge)["alphas"] if ridge else None
-        out.update(latent_probe_scores(module, dm, **({"alphas": alphas} if alphas else {})))
+        alphas = container(ridge).get("alphas", RIDGE_ALPHAS) if ridge else RIDGE_ALPHAS
+        out.update(latent_probe_scores(module, dm, alphas=alphas))
     return out
 
 
 TASK = Task(name="align", build=build_alignment, checkpoint_kind=CHECKPOINT_KIND,
-            plots=plot_retrieval, after_test=ridge_readout)
+            plots=plot_retrieval, after_test=linear_readouts)

@@ -4,10 +4,10 @@ the module and its building are those of :mod:`neurobridge.tasks.align`."""
 
 from __future__ import annotations
 
-from neurobridge.tasks.align import CHECKPOINT_KIND, build_alignment, plot_retrieval, ridge_readout
+from neurobridge.tasks.align import CHECKPOINT_KIND, build_alignment, linear_readouts, plot_retrieval
 from neurobridge.tasks.registry import Task
 
 __all__ = ["TASK"]
 
 TASK = Task(name="finetune", build=build_alignment, checkpoint_kind=CHECKPOINT_KIND,
-            plots=plot_retrieval, after_test=ridge_readout)
+            plots=plot_retrieval, after_test=linear_readouts)
