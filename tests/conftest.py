@@ -1,6 +1,14 @@
+import os
+
 import pytest
+import torch
 
 from neurobridge.datasets.synthetic import SyntheticConfig, generate_synthetic_recordings
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # two workers on two cores: one thread each, for this process and the ones it starts
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 # high firing rates and strong modulation: enough signal per cell for a short training run
 SMALL = SyntheticConfig(
