@@ -36,6 +36,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from neurobridge.data.binning import FileBlocks
+
 __all__ = ["LatentModel", "LatentPosteriorCeiling", "SplitTruth", "fit_latent_model",
            "posterior_mean_log_rates"]
 
@@ -48,22 +50,11 @@ _WINDOWS_PER_CHUNK = 8  # windows whose draws are weighed at once (memory: 8 x S
 
 
 @dataclass(frozen=True)
-class SplitTruth:
+class SplitTruth(FileBlocks):
     """The ground truth of some blocks (e.g. the training split) of one recording file, read
     when called: ``truth() -> (latents, expected_counts)``, lists with one ``[n_bins, L]`` and
     one ``[n_bins, N]`` array per block, binned to ``bin_size`` (the bin means of
     ``true_rates.latents``; the expected count per bin from ``true_rates.rates``)."""
-
-    path: str
-    starts: tuple[float, ...]
-    ends: tuple[float, ...]
-    bin_size: float
-
-    @classmethod
-    def of(cls, path, blocks, bin_size: float) -> SplitTruth:
-        """The truth of ``blocks`` (an ``Interval``) of ``path``."""
-        return cls(str(path), tuple(float(s) for s in np.asarray(blocks.start)),
-                   tuple(float(e) for e in np.asarray(blocks.end)), float(bin_size))
 
     def __call__(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         with h5py.File(self.path, "r") as f:

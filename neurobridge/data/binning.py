@@ -124,14 +124,11 @@ def bin_regular(
 
 
 @dataclass(frozen=True)
-class SplitCounts:
-    """The spike counts of some blocks of one recording file, binned when called:
-    ``counts() -> [n_bins, n_units]`` (:func:`bin_spikes_in_blocks`).
-
-    It holds only the file's path, the blocks and the bin size, so it is cheap to keep and to
-    copy; the smoothing baseline holds one per session and bins a training split only when the
-    session is first scored.
-    """
+class FileBlocks:
+    """Some blocks (e.g. the training split) of one recording file at one bin size, read only
+    when a subclass is called. It holds the file's path, the blocks and the bin size, so it is
+    cheap to keep and to copy (a baseline holds one per session and reads it when the session
+    is first scored)."""
 
     path: str
     starts: tuple[float, ...]
@@ -139,10 +136,16 @@ class SplitCounts:
     bin_size: float
 
     @classmethod
-    def of(cls, path: str | Path, blocks, bin_size: float) -> SplitCounts:
-        """The counts of ``blocks`` (an ``Interval``, e.g. a training split) of ``path``."""
+    def of(cls, path: str | Path, blocks, bin_size: float):
+        """``blocks`` (an ``Interval``, e.g. a training split) of ``path``."""
         return cls(str(path), tuple(float(s) for s in np.asarray(blocks.start)),
                    tuple(float(e) for e in np.asarray(blocks.end)), float(bin_size))
+
+
+@dataclass(frozen=True)
+class SplitCounts(FileBlocks):
+    """The spike counts of some blocks of one recording file, binned when called:
+    ``counts() -> [n_bins, n_units]`` (:func:`bin_spikes_in_blocks`)."""
 
     def __call__(self) -> np.ndarray:
         with h5py.File(self.path, "r") as f:
