@@ -99,15 +99,16 @@ x: np.ndarray, y: np.ndarray, *, l2: float, max_iter: int = 100, min_rate: float
         step_t = max(1, _PAIR_CHUNK_ELEMS // n_pairs)
         pair_chunks = [(t0, min(n_t, t0 + step_t), None) for t0 in range(0, n_t, step_t)]
 
-    def objective(th: torch.Tensor) -> torch.Tensor:  # [K]
+    def objective(th: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(objective [K], eta [T, K])`` at ``th``."""
         eta = xa @ th
         data = (torch.exp(eta) - yt * eta).mean(dim=0)
-        return data + 0.5 * (penalty[:, None] * th * th).sum(dim=0)
+        return data + 0.5 * (penalty[:, None] * th * th).sum(dim=0), eta
 
-    obj = objective(theta)
+    obj, eta = objective(theta)
     converged = False
     for _ in range(max_iter):
-        rate = torch.exp(xa @ theta)  # [T, K]
+        rate = torch.exp(eta)  # [T, K]
         grad = xa.T @ (rate - yt) / n_t + penalty[:, None] * theta  # [H+1, K]
         flat = torch.zeros(n_k, n_pairs, dtype=torch.float64)
         for t0, t1, pairs in pair_chunks:
@@ -131,24 +132,24 @@ x: np.ndarray, y: np.ndarray, *, l2: float, max_iter: int = 100, min_rate: float
             break
         # Per-unit backtracking (Armijo) line search.
         t_step = torch.ones(n_k, dtype=torch.float64)
-        new_theta, new_obj = theta.clone(), obj.clone()
+        new_theta, new_obj, new_eta = theta.clone(), obj.clone(), eta.clone()
         progressed = False
         for _ls in range(40):
             cand = theta + step * t_step[None, :]
-            cand_obj = objective(cand)
+            cand_obj, cand_eta = objective(cand)
             ok = torch.isfinite(cand_obj) & (cand_obj <= obj - 0.25 * t_step * decrement)
             accept = ok & active
             progressed = progressed or bool(accept.any())
             new_theta[:, accept] = cand[:, accept]
             new_obj[accept] = cand_obj[accept]
+            new_eta[:, accept] = cand_eta[:, accept]
             active = active & ~ok
             if not bool(active.any()):
                 break
             t_step = torch.where(active, t_step * 0.5, t_step)
-        theta, obj = new_theta, new_obj
+        theta, obj, eta = new_theta, new_obj, new_eta
         if not progressed:  # no unit could decrease its objective: numerical floor reached
             break
-    eta = xa @ theta
     rate = torch.exp(eta)
     grad = xa.T @ (rate - yt) / n_t + penalty[:, None] * theta
     grad_max = float(grad.abs().max())
