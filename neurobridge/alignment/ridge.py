@@ -123,13 +123,12 @@ def latent_probe_scores(
     latents ``[L * dim]`` of each whole stimulus window (the encoder as the module holds it)
     instead of the evoked counts (``test/latent_probe/...``). It measures what a linear map
     of those latents reads; the gap to ``test/ridge`` is what the encoder loses of the evoked
-    response. The windows come from the data module's loaders: under DDP, rank 0's shard."""
+    response. Every window of each split is read, whatever the DDP rank."""
     encoder = module.model.encoder
     vocab = encoder.session_emb.vocab
     session_of = {vocab[sid]: rid
                   for rid, sid in zip(dm.dataset.recording_ids, dm.dataset.session_ids())}
-    loaders = {"train": dm.train_dataloader(), "valid": dm.val_dataloader(),
-               "test": dm.test_dataloader()}
+    loaders = {s: dm.whole_split_dataloader(s) for s in ("train", "valid", "test")}
     collected: dict = {rid: {s: ([], []) for s in loaders} for rid in dm.dataset.recording_ids}
     was_training = encoder.training
     encoder.eval()

@@ -437,3 +437,10 @@ class StimulusDataModule(NeuralDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.stimulus_sampler("test"), self.eval_batch_size)
+
+    def whole_split_dataloader(self, split: str) -> DataLoader:
+        """Every window of ``split`` in order, on every DDP rank alike (for passes over a
+        whole split after training, such as the linear probe)."""
+        sampler = StimulusWindowSampler(self.stimulus.windows[split], shuffle=False,
+                                        seed=self.seed, shard=False)
+        return self._loader(sampler, self.eval_batch_size)

@@ -146,13 +146,16 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
 
     Training windows get a fresh mask seed per epoch (for the masked view of ``finetune``);
     the order and seeds depend only on ``(seed, epoch)``. Shards by DDP rank like the other
-    samplers (:func:`~neurobridge.data.samplers.rank_shard`; training shards are even).
+    samplers (:func:`~neurobridge.data.samplers.rank_shard`; training shards are even) unless
+    ``shard=False``.
 
     Args:
         windows: the split's windows.
         shuffle: shuffle each epoch (training) or keep the order (evaluation).
         seed: base seed of the order and mask seeds.
         max_queries: cap on decoded masked cells of the masked view.
+        shard: yield this DDP rank's share (``False``: every window on every rank, for
+            whole-split passes such as the linear probe).
     """
 
     def __init__(
@@ -162,6 +165,7 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         shuffle: bool,
         seed: int = 0,
         max_queries: int | None = None,
+        shard: bool = True,
     ):
         if not windows:
             raise ValueError(
@@ -172,6 +176,7 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         self.shuffle = shuffle
         self.seed = seed
         self.max_queries = max_queries
+        self.shard = shard
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -190,10 +195,12 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         ]
 
     def __iter__(self) -> Iterator[StimulusWindowIndex]:
-        yield from rank_shard(self._all_indices(), even=self.shuffle)
+        indices = self._all_indices()
+        yield from rank_shard(indices, even=self.shuffle) if self.shard else indices
 
     def __len__(self) -> int:
-        return len(rank_shard(range(len(self.windows)), even=self.shuffle))
+        n = len(self.windows)
+        return len(rank_shard(range(n), even=self.shuffle)) if self.shard else n
 
 
 class StimulusTokenizer:
