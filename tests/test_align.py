@@ -112,6 +112,37 @@ def _tensors(module):
     return {k: v for k, v in module.state_dict().items() if torch.is_tensor(v)}
 
 
+@pytest.mark.parametrize("name, extra", [("poyo_small", ["model.encoder.anchor_tokens=true"]),
+                                         ("capoyo_small", [])])
+def test_trainable_layers_open_the_encoder_from_the_top(name, extra):
+    from omegaconf import OmegaConf
+
+    from neurobridge.models import build_alignment_model
+
+    cfg = OmegaConf.to_container(_cfg(["task=align", f"model={name}", *FAST[:4], *ALIGN, *extra]),
+                                 resolve=True)
+    model = build_alignment_model(
+        {**cfg["model"], "readout": cfg["task"]["readout"], "projector": cfg["task"]["projector"]},
+        clip_dim=8, unit_ids=["s/u0", "s/u1"], session_ids=["s"])
+    depth = len(model.encoder.proc_layers)
+
+    def learning(module):
+        return {p.requires_grad for p in module.parameters()} == {True}
+
+    model.freeze_encoder(depth)  # every processor layer, not the input cross-attention
+    assert all(learning(layer) for layer in model.encoder.proc_layers)
+    assert not any(p.requires_grad for p in model.encoder.enc_atn.parameters())
+    model.freeze_encoder(depth + 1)  # and the cross-attention that forms the latents
+    input_stage = [model.encoder.enc_atn, model.encoder.enc_ffn, model.encoder.latent_emb]
+    assert all(learning(m) for m in input_stage)
+    assert name != "poyo_small" or model.encoder.anchor_emb.requires_grad
+    frozen = [model.encoder.unit_emb, model.encoder.session_emb, model.masked_model.decoder]
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
+    assert learning(model.readout) and learning(model.projector)
+    with pytest.raises(ValueError, match=rf"in \[0, {depth + 1}\].*\+ 1 for its input"):
+        model.freeze_encoder(depth + 2)
+
+
 def test_random_init_control_and_config_errors(visual_root, pretrained, tmp_path):
     metrics = run(_align_cfg(visual_root), tmp_path / "control")  # init_from=null
     assert "test/retrieval_top5" in metrics

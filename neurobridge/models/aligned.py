@@ -44,14 +44,23 @@ class AlignmentModel(Shareable, nn.Module):
         return self.projector(tokens, session_index)
 
     def freeze_encoder(self, trainable_layers: int = 0) -> None:
-        """Freeze the masked model except the last ``trainable_layers`` self-attention layers of
-        the encoder's processor (``0``: all frozen)."""
+        """Freeze the masked model except the encoder's last ``trainable_layers`` layers,
+        counted from the top: the processor's self-attention layers, then (``depth + 1``) the
+        input cross-attention that forms the latents from the tokens (with its feed-forward,
+        the latent and anchor embeddings; the unit embeddings stay frozen). ``0``: all frozen.
+        """
         self.masked_model.requires_grad_(False)
-        layers = self.encoder.proc_layers
+        encoder = self.encoder
+        input_stage = [p for m in (encoder.enc_atn, encoder.enc_ffn, encoder.latent_emb)
+                       for p in m.parameters()]
+        if getattr(encoder, "anchor_emb", None) is not None:
+            input_stage.append(encoder.anchor_emb)
+        layers = [input_stage, *(list(layer.parameters()) for layer in encoder.proc_layers)]
         if not 0 <= trainable_layers <= len(layers):
             raise ValueError(
-                f"task.trainable_layers must be in [0, {len(layers)}] (the encoder's depth), got "
-                f"{trainable_layers}."
+                f"task.trainable_layers must be in [0, {len(layers)}] (the encoder's depth "
+                f"{len(layers) - 1}, + 1 for its input cross-attention), got {trainable_layers}."
             )
-        for layer in list(layers)[len(layers) - trainable_layers :]:
-            layer.requires_grad_(True)
+        for params in layers[len(layers) - trainable_layers :]:
+            for param in params:
+                param.requires_grad_(True)

@@ -68,7 +68,7 @@ class AlignmentTraining(L.LightningModule):
     """Trains the readout + projector (and optionally the last encoder layers) with InfoNCE.
 
     ``align``: the masked model is frozen; only the readout, projector and temperature learn.
-    ``finetune``: the last ``trainable_layers`` processor layers of the encoder learn too, and
+    ``finetune``: the last ``trainable_layers`` layers of the encoder learn too, and
     ``recon_weight · masked-reconstruction loss`` (through the frozen target decoder, on a
     masked view of the same windows) keeps the encoder close to what pretraining taught it.
     The masked model always runs in eval mode (no dropout).
@@ -84,7 +84,8 @@ class AlignmentTraining(L.LightningModule):
         optimizer: as in :class:`MaskedPretraining`.
         scheduler: as in :class:`MaskedPretraining`.
         total_steps: as in :class:`MaskedPretraining`.
-        trainable_layers: encoder processor layers that learn (0 for ``align``).
+        trainable_layers: encoder layers that learn, from the top (0 for ``align``; depth + 1
+            includes the input cross-attention: :meth:`AlignmentModel.freeze_encoder`).
         recon_weight: weight α of the masked-reconstruction loss (needs ``masked`` views).
         model_config: stored in checkpoints (see :func:`neurobridge.training.load_alignment_model`).
     """
