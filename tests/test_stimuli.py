@@ -160,7 +160,7 @@ def test_stimulus_sampler_order_depends_on_seed_and_epoch(monkeypatch):
     # evaluation keeps every window; training drops len % world so every rank steps alike
     assert sorted(sum(shards, [])) == [w.onset for w in windows]
     assert len(windows) % 3 != 0 and len(set(sum(train_shards, []))) == len(windows) // 3 * 3
-    # shard=False: every rank yields every window (whole-split passes after training)
+    # shard=False: every rank (here still rank 2 of 3) yields every window (whole-split passes)
     whole = StimulusWindowSampler(windows, shuffle=False, shard=False)
     assert [w.onset for w in whole] == [w.onset for w in windows] and len(whole) == len(windows)
     with pytest.raises(ValueError, match="No stimulus-locked window"):

@@ -50,12 +50,7 @@ class AlignmentModel(Shareable, nn.Module):
         the latent and anchor embeddings; the unit embeddings stay frozen). ``0``: all frozen.
         """
         self.masked_model.requires_grad_(False)
-        encoder = self.encoder
-        input_stage = [p for m in (encoder.enc_atn, encoder.enc_ffn, encoder.latent_emb)
-                       for p in m.parameters()]
-        if getattr(encoder, "anchor_emb", None) is not None:
-            input_stage.append(encoder.anchor_emb)
-        layers = [input_stage, *(list(layer.parameters()) for layer in encoder.proc_layers)]
+        layers = self.encoder.layer_parameters()
         if not 0 <= trainable_layers <= len(layers):
             raise ValueError(
                 f"task.trainable_layers must be in [0, {len(layers)}] (the encoder's depth "

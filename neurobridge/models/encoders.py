@@ -61,6 +61,17 @@ class _EncoderMixin:
             )
         return super().forward(**kwargs)
 
+    def layer_parameters(self) -> list[list[torch.nn.Parameter]]:
+        """The parameters of :meth:`encode`'s layers, bottom to top: the input cross-attention
+        that forms the latents (with its feed-forward, the latent and the anchor embeddings),
+        then each processor layer. The token embeddings (units, token types, sessions) belong
+        to no layer."""
+        input_stage = [p for m in (self.enc_atn, self.enc_ffn, self.latent_emb)
+                       for p in m.parameters()]
+        if self.anchor_emb is not None:
+            input_stage.append(self.anchor_emb)
+        return [input_stage, *(list(layer.parameters()) for layer in self.proc_layers)]
+
     def _encode_tokens(
         self,
         inputs: Tensor,

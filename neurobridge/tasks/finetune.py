@@ -5,10 +5,10 @@ the module and its building are those of :mod:`neurobridge.tasks.align`."""
 from __future__ import annotations
 
 from neurobridge.tasks.align import (
-            CHECKPOINT_KIND,
-            build_alignment,
-            linear_readouts,
-            plot_retrieval,
+    CHECKPOINT_KIND,
+    build_alignment,
+    linear_readouts,
+    plot_retrieval,
 )
 from neurobridge.tasks.registry import Task
 
