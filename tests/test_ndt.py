@@ -66,3 +66,13 @@ def test_ndt_trains_tests_and_reloads(small_recordings, tmp_path):
                       f"task.checkpoints=[{tmp_path / 'ndt' / 'checkpoints' / 'last.ckpt'}]"]),
                 tmp_path / "eval")
     assert again["test/co_bps"] == pytest.approx(metrics["test/co_bps"], abs=1e-5)
+
+
+def test_alignment_refuses_the_ndt_encoder():
+    """The NDT peer has no latent tokens for the readout: the alignment factory says so."""
+    from neurobridge.models import build_alignment_model
+
+    masked = _model()
+    head = {"readout": {"num_queries": 2}, "projector": {}}
+    with pytest.raises(ValueError, match=r"NDT-style peer \(model=ndt\).*init_from"):
+        build_alignment_model({**masked.config, **head}, masked_model=masked, clip_dim=8)

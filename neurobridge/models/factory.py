@@ -142,6 +142,11 @@ def alignment_head_config(
     embedding width) unless the config states them.
     """
     enc_cls, enc = _lookup(ENCODERS, config["encoder"], "model.encoder")
+    if enc_cls is NDTEncoder:
+        raise ValueError(
+            "model.encoder is the NDT-style peer (model=ndt): it has no latent tokens for the "
+            "alignment readout to attend to. Align a NeuroBridge encoder: init_from=<a "
+            "task=pretrain run with model=poyo or model=capoyo>/checkpoints/last.ckpt.")
     derived = {}
     for key in ("dim", "sequence_length", "t_min", "t_max"):
         try:
