@@ -146,7 +146,7 @@ def alignment_head_config(
         raise ValueError(
             "model.encoder is the NDT-style peer (model=ndt): it has no latent tokens for the "
             "alignment readout to attend to. Align a NeuroBridge encoder: init_from=<a "
-            "task=pretrain run with model=poyo or model=capoyo>/checkpoints/last.ckpt.")
+            "task=pretrain run of a POYO or CaPOYO encoder>/checkpoints/last.ckpt.")
     derived = {}
     for key in ("dim", "sequence_length", "t_min", "t_max"):
         try:
