@@ -68,6 +68,9 @@ def test_align_freezes_the_encoder_and_writes_retrieval_metrics(visual_root, pre
     # images, so evoked counts identify them well above chance
     assert metrics["test/ridge/two_way"] > 0.6
     assert metrics["test/ridge/retrieval_top5"] > 2 * metrics["test/retrieval_chance_top5"]
+    # the nonlinear peer (Gaussian-kernel ridge) on the same counts
+    assert metrics["test/kernel_ridge/two_way"] > 0.6
+    assert metrics["test/kernel_ridge/retrieval_top5"] != metrics["test/ridge/retrieval_top5"]
     # the linear probe of the frozen latents: the same ridge, fitted per recording
     assert metrics["test/latent_probe/two_way"] > 0.6
     assert metrics["test/latent_probe/retrieval_top5"] > metrics["test/retrieval_chance_top5"]

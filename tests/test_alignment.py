@@ -17,6 +17,8 @@ from neurobridge.alignment import (
     TwoWayIdentification,
     build_clip_image_encoder,
     clip_infonce,
+    fit_kernel_ridge,
+    fit_ridge,
     two_way_identification,
 )
 from neurobridge.models import LatentReadout, NeuralProjector
@@ -306,3 +308,28 @@ def test_two_way_identification():
     metric.update(noisy[:10] + truth[:10], truth[:10])
     metric.update(noisy[10:] + truth[10:], truth[10:])
     torch.testing.assert_close(metric.compute(), two_way_identification(noisy + truth, truth))
+
+
+# ---------------------------------------------------------------- ridge peers
+
+
+def test_kernel_ridge_fits_what_the_linear_ridge_cannot():
+    """On y = cos(||x||) (no linear part: an even function of x) the Gaussian-kernel ridge
+    predicts held-out points, the linear ridge explains nothing; both recover a linear map."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((400, 3))
+    x_new = rng.standard_normal((200, 3))
+    r2 = lambda pred, y: 1.0 - ((pred - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()  # noqa: E731
+
+    def curved(v):
+        return np.cos(np.linalg.norm(v, axis=1, keepdims=True))
+
+    w, b = fit_ridge(x, curved(x), alpha=1.0)
+    assert r2(x_new @ w + b, curved(x_new)) < 0.05
+    predict = fit_kernel_ridge(x, curved(x), alpha=0.01, gamma=1.0)
+    assert r2(predict(x_new), curved(x_new)) > 0.9
+    true_w = rng.standard_normal((3, 2))
+    w, b = fit_ridge(x, x @ true_w + 1.0, alpha=1e-6)
+    np.testing.assert_allclose(w, true_w, atol=1e-6)
+    np.testing.assert_allclose(b, 1.0, atol=1e-6)
+    assert r2(fit_kernel_ridge(x, x @ true_w, alpha=0.01, gamma=0.1)(x_new), x_new @ true_w) > 0.95

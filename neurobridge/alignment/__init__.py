@@ -13,7 +13,14 @@ from .embedding_cache import EmbeddingCache, embed_image_source, write_embedding
 from .infonce import LogitScale, clip_infonce
 from .neural_embeddings import mean_test_embeddings, neural_clip_embedding
 from .retrieval import RetrievalMetrics, TwoWayIdentification, two_way_identification
-from .ridge import RIDGE_ALPHAS, evoked_counts, fit_ridge, latent_probe_scores, ridge_readout_scores
+from .ridge import (
+    RIDGE_ALPHAS,
+    evoked_counts,
+    fit_kernel_ridge,
+    fit_ridge,
+    latent_probe_scores,
+    ridge_readout_scores,
+)
 
 __all__ = [
     "TINY_MODEL_NAME",
@@ -31,6 +38,7 @@ __all__ = [
     "two_way_identification",
     "RIDGE_ALPHAS",
     "evoked_counts",
+    "fit_kernel_ridge",
     "fit_ridge",
     "latent_probe_scores",
     "ridge_readout_scores",

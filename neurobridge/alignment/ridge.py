@@ -7,13 +7,15 @@ as the alignment task) by ridge regression fitted on the training presentations.
 chosen per recording among ``alphas`` by the validation presentations' mean cosine with their
 target; the test presentations are then scored with the alignment task's own retrieval and
 2-way metrics (``test/ridge/retrieval_top1``, ``test/ridge/retrieval_top5``,
-``test/ridge/two_way``). The linear probe (:func:`latent_probe_scores`) fits the same ridge
-on the encoder's latents instead of the counts.
+``test/ridge/two_way``). With ``kernel`` the same counts also feed a nonlinear peer, kernel
+ridge regression with a Gaussian kernel (``test/kernel_ridge/...``; penalty and kernel width
+chosen together on validation). The linear probe (:func:`latent_probe_scores`) fits the linear
+ridge on the encoder's latents instead of the counts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -23,8 +25,11 @@ from neurobridge.alignment.retrieval import RetrievalMetrics, TwoWayIdentificati
 from neurobridge.data.binning import bin_spikes
 
 __all__ = [
-    "RIDGE_ALPHAS", "evoked_counts", "fit_ridge", "latent_probe_scores", "ridge_readout_scores",
+    "RIDGE_ALPHAS", "evoked_counts", "fit_kernel_ridge", "fit_ridge", "latent_probe_scores",
+    "ridge_readout_scores",
 ]
+
+Predictor = Callable[[np.ndarray], np.ndarray]
 
 #: The ridge penalties tried (one chosen per recording on the validation presentations).
 RIDGE_ALPHAS = (1.0, 10.0, 100.0, 1e3, 1e4, 1e5)
@@ -57,15 +62,51 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, n
     return w, y_mean - x_mean @ w
 
 
+def _sq_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[len(a), len(b)]`` squared Euclidean distances."""
+    d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
+    return np.maximum(d, 0.0)
+
+
+def fit_kernel_ridge(x: np.ndarray, y: np.ndarray, alpha: float, gamma: float) -> Predictor:
+    """Kernel ridge regression of ``y [N, D]`` on ``x [N, F]`` with the Gaussian kernel
+    ``exp(-gamma * ||a - b||^2 / F)`` (``gamma`` is relative to the feature count, so 1 is the
+    kernel width of z-scored features); returns ``predict(x_new [M, F]) -> [M, D]``."""
+    scale = gamma / x.shape[1]
+    y_mean = y.mean(axis=0)
+    kernel = np.exp(-scale * _sq_distances(x, x))
+    coef = np.linalg.solve(kernel + alpha * np.eye(len(x)), y - y_mean)
+    return lambda x_new: np.exp(-scale * _sq_distances(x_new, x)) @ coef + y_mean
+
+
+def _linear_fit(alpha: float) -> Callable[[np.ndarray, np.ndarray], Predictor]:
+    def fit(x: np.ndarray, y: np.ndarray) -> Predictor:
+        w, b = fit_ridge(x, y, alpha)
+        return lambda x_new: x_new @ w + b
+    return fit
+
+
+def _linear_candidates(alphas: Sequence[float]) -> list:
+    return [({"alpha": float(a)}, _linear_fit(a)) for a in alphas]
+
+
+def _kernel_candidates(alphas: Sequence[float], gammas: Sequence[float]) -> list:
+    return [({"alpha": float(a), "gamma": float(g)},
+             lambda x, y, a=a, g=g: fit_kernel_ridge(x, y, a, g))
+            for a in alphas for g in gammas]
+
+
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
     return float((a * b).sum(axis=1).mean())
 
 
-def _fit_and_score(module, parts: dict, alphas: Sequence[float], prefix: str) -> dict[str, float]:
-    """Per group (a recording), fit the ridge on ``parts[group]["train"] = (x, rows)``, pick the
-    penalty on ``"valid"``, and score ``"test"`` with the alignment task's metrics."""
+def _fit_and_score(module, parts: dict, candidates: list, prefix: str) -> dict[str, float]:
+    """Per group (a recording), fit each of ``candidates`` (``(params, fit)``, ``fit(x, y) ->
+    predict``) on ``parts[group]["train"] = (x, rows)``, pick the one whose predictions of
+    ``"valid"`` have the highest mean cosine with their targets, and score ``"test"`` with the
+    alignment task's metrics; the chosen ``params`` are reported per group."""
     targets = module.image_embeddings.double().cpu().numpy()
     first, n_test = module.split_rows["test"]
     retrieval = RetrievalMetrics(
@@ -79,30 +120,33 @@ def _fit_and_score(module, parts: dict, alphas: Sequence[float], prefix: str) ->
         mu, sd = x_tr.mean(axis=0), x_tr.std(axis=0)
         sd = np.where(sd > 1e-12, sd, 1.0)
         z = [(x - mu) / sd for x in (x_tr, x_va, x_te)]
-        scores = {}
-        for alpha in alphas:
-            w, b = fit_ridge(z[0], targets[r_tr], alpha)
-            scores[alpha] = _cosine(z[1] @ w + b, targets[r_va]) if len(r_va) else 0.0
-        alpha = max(scores, key=scores.get)
-        chosen[group] = alpha
-        w, b = fit_ridge(z[0], targets[r_tr], alpha)
-        pred = torch.as_tensor(z[2] @ w + b, dtype=torch.float32)
+        best, best_score = None, -np.inf
+        for params, fit in candidates:
+            predict = fit(z[0], targets[r_tr])
+            score = _cosine(predict(z[1]), targets[r_va]) if len(r_va) else 0.0
+            if score > best_score:
+                best, best_score = (params, predict), score
+        chosen[group], predict = best
+        pred = torch.as_tensor(predict(z[2]), dtype=torch.float32)
         retrieval.update(pred, torch.as_tensor(r_te - first))
         two_way.update(pred, torch.as_tensor(targets[r_te], dtype=torch.float32))
     results = retrieval.compute()
     out = {f"{prefix}/retrieval_{k}": float(v) for k, v in results.items()
            if k in ("top1", "top5", "image_to_neural_top1", "image_to_neural_top5")}
     out[f"{prefix}/two_way"] = float(two_way.compute())
-    out.update({f"{prefix}/{group}/alpha": float(a) for group, a in chosen.items()})
+    out.update({f"{prefix}/{group}/{k}": v for group, params in chosen.items()
+                for k, v in params.items()})
     return out
 
 
 def ridge_readout_scores(
     module, dm, *, bin_size: float = 0.1, n_bins: int = 4,
-    alphas: Sequence[float] = RIDGE_ALPHAS,
+    alphas: Sequence[float] = RIDGE_ALPHAS, kernel: Mapping[str, Sequence[float]] | None = None,
 ) -> dict[str, float]:
-    """Fit and score the ridge readout on ``dm``'s stimulus windows; ``module`` is the
-    alignment task's LightningModule (its image embeddings, split rows and metrics)."""
+    """Fit and score the ridge readout on ``dm``'s stimulus windows (``test/ridge/...``) and,
+    with ``kernel = {"alphas": [...], "gammas": [...]}``, the Gaussian-kernel ridge on the same
+    counts (``test/kernel_ridge/...``, every pair tried); ``module`` is the alignment task's
+    LightningModule (its image embeddings, split rows and metrics)."""
     parts = {}
     for rid in dm.dataset.recording_ids:
         reader = dm.dataset.reader(rid)
@@ -113,7 +157,11 @@ def ridge_readout_scores(
             x = evoked_counts(reader.window, [w.onset for w in windows], n_units=len(reader.units.id),
                               bin_size=bin_size, n_bins=n_bins)
             parts[rid][split] = (x, rows)
-    return _fit_and_score(module, parts, alphas, "test/ridge")
+    out = _fit_and_score(module, parts, _linear_candidates(alphas), "test/ridge")
+    if kernel:
+        candidates = _kernel_candidates(kernel["alphas"], kernel["gammas"])
+        out.update(_fit_and_score(module, parts, candidates, "test/kernel_ridge"))
+    return out
 
 
 def latent_probe_scores(
@@ -145,4 +193,4 @@ def latent_probe_scores(
     encoder.train(was_training)
     parts = {rid: {s: (np.stack(xs) if xs else np.zeros((0, 1)), np.array(rows, dtype=np.int64))
                    for s, (xs, rows) in splits.items()} for rid, splits in collected.items()}
-    return _fit_and_score(module, parts, alphas, "test/latent_probe")
+    return _fit_and_score(module, parts, _linear_candidates(alphas), "test/latent_probe")
