@@ -333,3 +333,19 @@ def test_kernel_ridge_fits_what_the_linear_ridge_cannot():
     np.testing.assert_allclose(w, true_w, atol=1e-6)
     np.testing.assert_allclose(b, 1.0, atol=1e-6)
     assert r2(fit_kernel_ridge(x, x @ true_w, alpha=0.01, gamma=0.1)(x_new), x_new @ true_w) > 0.95
+
+
+@pytest.mark.parametrize("override, name", [
+    ({"alphas": []}, "task.ridge.alphas"),
+    ({"alphas": [0.0, 1.0]}, "task.ridge.alphas"),
+    ({"kernel": {"alphas": [1.0], "gammas": []}}, "task.ridge.kernel.gammas"),
+])
+def test_ridge_grids_are_checked_before_any_data_is_read(override, name):
+    from omegaconf import OmegaConf
+
+    from neurobridge.tasks.align import check_alignment
+
+    ridge = {"alphas": [1.0, 10.0], "kernel": {"alphas": [1.0], "gammas": [0.3]}, **override}
+    check_alignment(OmegaConf.create({"task": {"ridge": {"alphas": [1.0], "kernel": None}}}))
+    with pytest.raises(ValueError, match=rf"{name}=.*positive values.*=null"):
+        check_alignment(OmegaConf.create({"task": {"ridge": ridge}}))

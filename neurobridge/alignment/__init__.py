@@ -15,6 +15,7 @@ from .neural_embeddings import mean_test_embeddings, neural_clip_embedding
 from .retrieval import RetrievalMetrics, TwoWayIdentification, two_way_identification
 from .ridge import (
     RIDGE_ALPHAS,
+    check_ridge_options,
     evoked_counts,
     fit_kernel_ridge,
     fit_ridge,
@@ -37,6 +38,7 @@ __all__ = [
     "TwoWayIdentification",
     "two_way_identification",
     "RIDGE_ALPHAS",
+    "check_ridge_options",
     "evoked_counts",
     "fit_kernel_ridge",
     "fit_ridge",

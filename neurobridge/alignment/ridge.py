@@ -25,8 +25,8 @@ from neurobridge.alignment.retrieval import RetrievalMetrics, TwoWayIdentificati
 from neurobridge.data.binning import bin_spikes
 
 __all__ = [
-    "RIDGE_ALPHAS", "evoked_counts", "fit_kernel_ridge", "fit_ridge", "latent_probe_scores",
-    "ridge_readout_scores",
+    "RIDGE_ALPHAS", "check_ridge_options", "evoked_counts", "fit_kernel_ridge", "fit_ridge",
+    "latent_probe_scores", "ridge_readout_scores",
 ]
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -139,6 +139,18 @@ def _fit_and_score(module, parts: dict, candidates: list, prefix: str) -> dict[s
     return out
 
 
+def check_ridge_options(alphas: Sequence[float],
+                        kernel: Mapping[str, Sequence[float]] | None = None) -> None:
+    """Refuse empty or non-positive grids of :func:`ridge_readout_scores` (``task.ridge``)."""
+    grids = {"task.ridge.alphas": alphas}
+    if kernel:
+        grids.update({f"task.ridge.kernel.{k}": kernel.get(k) for k in ("alphas", "gammas")})
+    for name, grid in grids.items():
+        if not grid or any(float(v) <= 0 for v in grid):
+            raise ValueError(f"{name}={grid!r}: list the positive values to try on validation, "
+                             "or set task.ridge=null (task.ridge.kernel=null) to skip the peer.")
+
+
 def ridge_readout_scores(
     module, dm, *, bin_size: float = 0.1, n_bins: int = 4,
     alphas: Sequence[float] = RIDGE_ALPHAS, kernel: Mapping[str, Sequence[float]] | None = None,
@@ -147,6 +159,7 @@ def ridge_readout_scores(
     with ``kernel = {"alphas": [...], "gammas": [...]}``, the Gaussian-kernel ridge on the same
     counts (``test/kernel_ridge/...``, every pair tried); ``module`` is the alignment task's
     LightningModule (its image embeddings, split rows and metrics)."""
+    check_ridge_options(alphas, kernel)
     parts = {}
     for rid in dm.dataset.recording_ids:
         reader = dm.dataset.reader(rid)

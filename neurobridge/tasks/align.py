@@ -20,6 +20,7 @@ from neurobridge.alignment import (
     RetrievalMetrics,
     TwoWayIdentification,
     build_clip_image_encoder,
+    check_ridge_options,
     clip_infonce,
     embed_image_source,
     latent_probe_scores,
@@ -55,6 +56,7 @@ __all__ = [
     "AlignmentTraining",
     "build_alignment",
     "center_embeddings",
+    "check_alignment",
     "image_embeddings",
 ]
 
@@ -353,5 +355,13 @@ def linear_readouts(module: AlignmentTraining, dm: StimulusDataModule, cfg: Dict
     return out
 
 
+def check_alignment(cfg: DictConfig) -> None:
+    """``task.ridge``'s grids, before any data is read."""
+    ridge = cfg.task.get("ridge")
+    if ridge:
+        ridge = container(ridge)
+        check_ridge_options(ridge.get("alphas", RIDGE_ALPHAS), ridge.get("kernel"))
+
+
 TASK = Task(name="align", build=build_alignment, checkpoint_kind=CHECKPOINT_KIND,
-            plots=plot_retrieval, after_test=linear_readouts)
+            check=check_alignment, plots=plot_retrieval, after_test=linear_readouts)

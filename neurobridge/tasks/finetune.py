@@ -7,6 +7,7 @@ from __future__ import annotations
 from neurobridge.tasks.align import (
     CHECKPOINT_KIND,
     build_alignment,
+    check_alignment,
     linear_readouts,
     plot_retrieval,
 )
@@ -15,4 +16,4 @@ from neurobridge.tasks.registry import Task
 __all__ = ["TASK"]
 
 TASK = Task(name="finetune", build=build_alignment, checkpoint_kind=CHECKPOINT_KIND,
-            plots=plot_retrieval, after_test=linear_readouts)
+            check=check_alignment, plots=plot_retrieval, after_test=linear_readouts)
