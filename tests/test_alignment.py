@@ -319,7 +319,9 @@ def test_kernel_ridge_fits_what_the_linear_ridge_cannot():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((400, 3))
     x_new = rng.standard_normal((200, 3))
-    r2 = lambda pred, y: 1.0 - ((pred - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()  # noqa: E731
+
+    def r2(pred, y):
+        return 1.0 - ((pred - y) ** 2).sum() / ((y - y.mean(0)) ** 2).sum()
 
     def curved(v):
         return np.cos(np.linalg.norm(v, axis=1, keepdims=True))

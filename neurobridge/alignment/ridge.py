@@ -16,6 +16,7 @@ ridge on the encoder's latents instead of the counts.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 
 import numpy as np
 import torch
@@ -91,8 +92,7 @@ def _linear_candidates(alphas: Sequence[float]) -> list:
 
 
 def _kernel_candidates(alphas: Sequence[float], gammas: Sequence[float]) -> list:
-    return [({"alpha": float(a), "gamma": float(g)},
-             lambda x, y, a=a, g=g: fit_kernel_ridge(x, y, a, g))
+    return [({"alpha": float(a), "gamma": float(g)}, partial(fit_kernel_ridge, alpha=a, gamma=g))
             for a in alphas for g in gammas]
 
 
