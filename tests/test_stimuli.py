@@ -180,3 +180,40 @@ def test_stimulus_datamodule_windows_and_errors(visual_recordings):
         StimulusDataModule(root=str(visual_recordings), pre_onset=0.2, post_onset=0.5)
     with pytest.raises(ValueError, match="train_unmasked_queries is for masked pretraining"):
         StimulusDataModule(root=str(visual_recordings), train_unmasked_queries=8)
+
+
+def test_unit_dropout_hides_whole_units_of_training_windows_only(visual_recordings):
+    from neurobridge.data import MaskedTokenizer, StimulusTokenizer
+    from neurobridge.masking import MaskingController
+
+    dm = StimulusDataModule(root=str(visual_recordings), batch_size=4, unit_dropout=0.6)
+    dm.setup()
+    vocab = {u: i + 1 for i, u in enumerate(dm.unit_ids)}
+    masked = MaskedTokenizer(
+        modality="spikes", unit_vocab=vocab,
+        session_vocab={s: i + 1 for i, s in enumerate(dm.session_ids)},
+        masking=MaskingController(), sequence_length=1.0, bin_size=0.02, latent_step=0.125,
+        num_latents_per_step=4,
+    )
+    tokenizer = StimulusTokenizer(masked, dm.image_rows)
+    train = list(dm.stimulus_sampler("train"))
+    assert all(0.0 <= w.unit_dropout <= 0.6 for w in train) and train[0].unit_dropout > 0
+    assert all(w.unit_dropout == 0.0 for w in dm.stimulus_sampler("test"))
+    w = max(train, key=lambda w: w.unit_dropout)
+    data = dm.dataset.window(w.recording_id, w.start, w.end)
+    n_units = len(data.units.id)
+
+    def units_of(index):
+        tokens = tokenizer(data, index)["encoder_inputs"]
+        return set(tokens["input_unit_index"].obj.tolist())
+
+    full = units_of(dataclasses.replace(w, unit_dropout=0.0))
+    kept = units_of(w)
+    # floor(fraction * units) units lose every token (spikes, start and end tokens)
+    assert len(full) == n_units and len(full - kept) == int(w.unit_dropout * n_units)
+    assert kept <= full and units_of(w) == kept  # the same units for the same mask seed
+    assert units_of(dataclasses.replace(w, mask_seed=w.mask_seed + 1)) != kept
+    with pytest.raises(ValueError, match=r"data.unit_dropout must be in \[0, 1\)"):
+        StimulusDataModule(root=str(visual_recordings), unit_dropout=1.0)
+    with pytest.raises(ValueError, match="training augmentation"):
+        StimulusWindowSampler(train, shuffle=False, unit_dropout=0.2)

@@ -370,6 +370,8 @@ class StimulusDataModule(NeuralDataModule):
         post_onset: seconds of the window after onset.
         images: image folder or HDF5 image store; by default ``<root>/images`` (where the
             synthetic generator writes them).
+        unit_dropout: training augmentation: each training window hides from the encoder all
+            spikes of a fraction of its units drawn uniformly from ``[0, unit_dropout]``.
     """
 
     def __init__(
@@ -379,6 +381,7 @@ class StimulusDataModule(NeuralDataModule):
         pre_onset: float = 0.2,
         post_onset: float = 0.8,
         images: str | None = None,
+        unit_dropout: float = 0.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -400,6 +403,9 @@ class StimulusDataModule(NeuralDataModule):
         self.pre_onset = float(pre_onset)
         self.post_onset = float(post_onset)
         self.images = images
+        if not 0.0 <= unit_dropout < 1.0:
+            raise ValueError(f"data.unit_dropout must be in [0, 1), got {unit_dropout}.")
+        self.unit_dropout = float(unit_dropout)
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is not None:
@@ -427,6 +433,7 @@ class StimulusDataModule(NeuralDataModule):
             shuffle=split == "train",
             seed=self.seed,
             max_queries=self.train_max_queries,
+            unit_dropout=self.unit_dropout if split == "train" else 0.0,
         )
 
     def train_dataloader(self) -> DataLoader:

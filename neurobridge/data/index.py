@@ -40,7 +40,16 @@ class WindowIndex(DatasetIndex):
 
 @dataclass
 class StimulusWindowIndex(WindowIndex):
-    """A window locked to one presentation; ``mask_seed`` fixes its masked view (finetune)."""
+    """A window locked to one presentation; ``mask_seed`` fixes its masked view (finetune) and
+    which units ``unit_dropout`` hides.
+
+    Attributes:
+        image_id: the presented image.
+        onset: presentation onset in seconds.
+        unit_dropout: fraction of the window's units hidden from the encoder (all their spikes;
+            a training augmentation, 0 for evaluation windows).
+    """
 
     image_id: str = ""
     onset: float = 0.0
+    unit_dropout: float = 0.0

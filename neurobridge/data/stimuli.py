@@ -144,9 +144,10 @@ def stimulus_windows(
 class StimulusWindowSampler(torch.utils.data.Sampler):
     """Yields stimulus-locked windows, shuffled per epoch (training) or in order (evaluation).
 
-    Training windows get a fresh mask seed per epoch (for the masked view of ``finetune``);
-    the order and seeds depend only on ``(seed, epoch)``. Shards by DDP rank like the other
-    samplers (:func:`~neurobridge.data.samplers.rank_shard`; training shards are even) unless
+    Training windows get a fresh mask seed per epoch (for the masked view of ``finetune``) and,
+    with ``unit_dropout``, a fraction of units to hide drawn uniformly from
+    ``[0, unit_dropout]``; the order, seeds and fractions depend only on ``(seed, epoch)``.
+    Shards by DDP rank like the other samplers (:func:`~neurobridge.data.samplers.rank_shard`; training shards are even) unless
     ``shard=False``.
 
     Args:
@@ -156,6 +157,8 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         max_queries: cap on decoded masked cells of the masked view.
         shard: yield this DDP rank's share (``False``: every window on every rank, for
             whole-split passes such as the linear probe).
+        unit_dropout: largest fraction of units hidden from the encoder in a training window
+            (an augmentation; needs ``shuffle``).
     """
 
     def __init__(
@@ -166,7 +169,13 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         seed: int = 0,
         max_queries: int | None = None,
         shard: bool = True,
+        unit_dropout: float = 0.0,
     ):
+        if not 0.0 <= unit_dropout < 1.0:
+            raise ValueError(f"data.unit_dropout must be in [0, 1), got {unit_dropout}.")
+        if unit_dropout and not shuffle:
+            raise ValueError("unit_dropout is a training augmentation: evaluation windows "
+                             "(shuffle=False) keep every unit.")
         if not windows:
             raise ValueError(
                 "No stimulus-locked window in this split: check that the presentations lie "
@@ -177,6 +186,7 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         self.seed = seed
         self.max_queries = max_queries
         self.shard = shard
+        self.unit_dropout = float(unit_dropout)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -186,10 +196,12 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         rng = np.random.default_rng([self.seed, self.epoch if self.shuffle else 0])
         order = rng.permutation(len(self.windows)) if self.shuffle else range(len(self.windows))
         seeds = rng.integers(0, 2**62, size=len(self.windows))
+        dropout = rng.uniform(0.0, self.unit_dropout, size=len(self.windows))
         return [
             StimulusWindowIndex(
                 w.recording_id, w.start, w.end, mask_seed=int(seeds[k]),
                 max_queries=self.max_queries, image_id=w.image_id, onset=w.onset,
+                unit_dropout=float(dropout[k]),
             )
             for k, w in zip(range(len(self.windows)), (self.windows[i] for i in order))
         ]
@@ -204,7 +216,8 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
 
 
 class StimulusTokenizer:
-    """Model inputs of a stimulus-locked window: the whole window, unmasked, and its image.
+    """Model inputs of a stimulus-locked window: the whole window (less the units that the
+    index's ``unit_dropout`` hides) and its image.
 
     Args:
         tokenizer: the masked tokenizer of the encoder (vocabularies, grid, latents).
@@ -240,7 +253,7 @@ class StimulusTokenizer:
                 f"{index.onset:.3f} s) is not in the image table; re-embed the image source."
             ) from None
         out = {
-            "encoder_inputs": self.tokenizer.encoder_tokens(data),
+            "encoder_inputs": self.tokenizer.encoder_tokens(data, self._dropout_mask(data, index)),
             "image_index": row,
             "session_index": self.tokenizer.session_vocab[str(data.session.id)],
             "onset": float(index.onset),
@@ -250,6 +263,18 @@ class StimulusTokenizer:
         if self.pixels is not None:
             out["pixels"] = self.pixels(index.image_id)
         return out
+
+    def _dropout_mask(self, data: Data, index: StimulusWindowIndex) -> np.ndarray | None:
+        """``[n_bins, n_units]``, True on every bin of the ``floor(unit_dropout * n_units)``
+        units drawn (with ``mask_seed``) to be hidden; None when none is."""
+        n_units = len(data.units.id)
+        n_hidden = int(index.unit_dropout * n_units)
+        if n_hidden == 0:
+            return None
+        rng = np.random.default_rng([index.mask_seed, 1])  # not the masked view's stream
+        mask = np.zeros((self.tokenizer.n_bins, n_units), dtype=bool)
+        mask[:, rng.choice(n_units, size=n_hidden, replace=False)] = True
+        return mask
 
 
 def presentations_by_split(data: Data) -> dict[str, tuple[np.ndarray, float]]:

@@ -32,7 +32,7 @@ __all__ = [
 PROTOCOLS = ("masked", "nlb")
 
 #: ``data`` options that only stimulus-locked tasks (align, finetune, adapter, reconstruct) use.
-STIMULUS_OPTIONS = ("stimulus_key", "pre_onset", "post_onset", "images")
+STIMULUS_OPTIONS = ("stimulus_key", "pre_onset", "post_onset", "images", "unit_dropout")
 
 
 def container(node) -> dict:
