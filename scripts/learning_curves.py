@@ -20,6 +20,8 @@ printed as it runs.
 
     python scripts/learning_curves.py --out runs/curves
     python scripts/learning_curves.py --out runs/curves --sessions 1 2 4 --ndt-sessions 4
+    python scripts/learning_curves.py --out runs/curves_long --steps 4800 --ndt-sessions 4 \
+        --ndt-steps 8000 --ndt-overrides model.encoder.dropout=0.0
 """
 
 from __future__ import annotations
@@ -50,6 +52,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--steps", type=int, default=1200, help="steps of the NeuroBridge runs")
     p.add_argument("--ndt-steps", type=int, default=3600, help="steps of the NDT-style runs")
+    p.add_argument("--overrides", nargs="+", default=[],
+                   help="Hydra overrides added to every NeuroBridge pretraining run")
+    p.add_argument("--ndt-overrides", nargs="+", default=[],
+                   help="Hydra overrides added to every NDT-style pretraining run, e.g. "
+                        "model.encoder.dropout=0.0")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.ndt_sessions = args.ndt_sessions or args.sessions
@@ -80,11 +87,12 @@ def run_sweep(args: argparse.Namespace, out: Path) -> dict:
     results = {"session": SESSION, "runs": {}}
     for model in args.models:
         steps = args.steps if model == "neurobridge" else args.ndt_steps
+        extra = args.overrides if model == "neurobridge" else args.ndt_overrides
         for k in args.sessions if model == "neurobridge" else args.ndt_sessions:
             name = f"{model}_{k}s"
             run_dir = out / name
             if not (run_dir / "metrics.json").exists():
-                train([*MODELS[model], f"data.recording_ids={session_ids(k)}",
+                train([*MODELS[model], *extra, f"data.recording_ids={session_ids(k)}",
                        f"trainer.max_steps={steps}", "task.baseline=null", f"seed={args.seed}",
                        f"hydra.run.dir={run_dir}"])
             eval_dir = run_dir / f"eval_{SESSION}"
@@ -94,7 +102,7 @@ def run_sweep(args: argparse.Namespace, out: Path) -> dict:
                        f"hydra.run.dir={eval_dir}"])
             test = json.loads((eval_dir / "metrics.json").read_text())
             results["runs"][name] = {
-                "model": model, "sessions": k, "steps": steps,
+                "model": model, "sessions": k, "steps": steps, "overrides": extra,
                 "validation": validation_curve(run_dir),
                 "test": {m: test[f"test/co_bps/{m}" if m != "pooled" else "test/co_bps"]
                          for m in ("pooled", *MODES)},
@@ -112,7 +120,8 @@ def write_table(results: dict, path: Path) -> None:
              "| model | pretraining sessions | steps | " + " | ".join(cols) + " |",
              "|---|---|---|" + "---|" * len(cols)]
     for r in results["runs"].values():
-        lines.append(f"| {r['model']} | {r['sessions']} | {r['steps']:,} | "
+        model = " ".join([r["model"], *(f"`{o}`" for o in r["overrides"])])
+        lines.append(f"| {model} | {r['sessions']} | {r['steps']:,} | "
                      + " | ".join(f"{r['test'][c]:.3f}" for c in cols) + " |")
     for who in ("baseline", "ceiling", "oracle"):
         lines.append(f"| {who} | – | – | " + " | ".join(f"{results[who][c]:.3f}" for c in cols)

@@ -52,3 +52,10 @@ def test_learning_curves_sweep_commands_tables_and_reuse(tmp_path, monkeypatch, 
     script.main(["--out", str(out), "--sessions", "1", "4", "--models", "neurobridge"])
     assert commands == []
     assert "| neurobridge | 4 |" in capsys.readouterr().out
+    # overrides reach the pretraining runs only, and the table names them
+    script.main(["--out", str(tmp_path / "ndt"), "--models", "ndt", "--ndt-sessions", "4",
+                 "--ndt-overrides", "model.encoder.dropout=0.0"])
+    assert commands[0][:2] == ["model=ndt", "model.encoder.dropout=0.0"]
+    assert "model.encoder.dropout=0.0" not in commands[1]
+    assert "| ndt `model.encoder.dropout=0.0` | 4 | 3,600 |" in (
+        tmp_path / "ndt" / "learning_curves.md").read_text()
