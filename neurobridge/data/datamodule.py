@@ -27,6 +27,7 @@ from neurobridge.data.spike_values import check_spike_values, spike_value_stats
 from neurobridge.data.stimuli import (
     STIMULUS_KEY,
     StimulusWindowSampler,
+    check_unit_dropout,
     read_presentations,
     stimulus_windows,
 )
@@ -403,8 +404,7 @@ class StimulusDataModule(NeuralDataModule):
         self.pre_onset = float(pre_onset)
         self.post_onset = float(post_onset)
         self.images = images
-        if not 0.0 <= unit_dropout < 1.0:
-            raise ValueError(f"data.unit_dropout must be in [0, 1), got {unit_dropout}.")
+        check_unit_dropout(unit_dropout)
         self.unit_dropout = float(unit_dropout)
 
     def setup(self, stage: str | None = None) -> None:

@@ -38,6 +38,7 @@ __all__ = [
     "stimulus_windows",
     "StimulusWindowSampler",
     "StimulusTokenizer",
+    "check_unit_dropout",
 ]
 
 STIMULUS_KEY = "stimulus_presentations"
@@ -141,6 +142,13 @@ def stimulus_windows(
     return StimulusWindows(windows=windows, image_ids=image_ids, dropped=dropped)
 
 
+def check_unit_dropout(unit_dropout: float) -> None:
+    """Raises ``ValueError`` unless ``unit_dropout`` is a fraction in ``[0, 1)``."""
+    if not 0.0 <= unit_dropout < 1.0:
+        raise ValueError(f"data.unit_dropout must be in [0, 1) (the largest fraction of a "
+                         f"training window's units to hide; 0 turns it off), got {unit_dropout}.")
+
+
 class StimulusWindowSampler(torch.utils.data.Sampler):
     """Yields stimulus-locked windows, shuffled per epoch (training) or in order (evaluation).
 
@@ -171,8 +179,7 @@ class StimulusWindowSampler(torch.utils.data.Sampler):
         shard: bool = True,
         unit_dropout: float = 0.0,
     ):
-        if not 0.0 <= unit_dropout < 1.0:
-            raise ValueError(f"data.unit_dropout must be in [0, 1), got {unit_dropout}.")
+        check_unit_dropout(unit_dropout)
         if unit_dropout and not shuffle:
             raise ValueError("unit_dropout is a training augmentation: evaluation windows "
                              "(shuffle=False) keep every unit.")
