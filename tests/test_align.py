@@ -75,6 +75,14 @@ def test_align_freezes_the_encoder_and_writes_retrieval_metrics(visual_root, pre
     assert metrics["test/latent_probe/two_way"] > 0.6
     assert metrics["test/latent_probe/retrieval_top5"] > metrics["test/retrieval_chance_top5"]
     assert metrics["test/latent_probe/retrieval_top5"] != metrics["test/ridge/retrieval_top5"]
+    # each peer's accuracy against the head's, paired on the same presentations
+    for peer in ("ridge", "kernel_ridge", "latent_probe"):
+        for k in ("top1", "top5"):
+            delta = metrics[f"test/{peer}/delta_{k}"]
+            assert delta == pytest.approx(
+                metrics[f"test/retrieval_{k}"] - metrics[f"test/{peer}/retrieval_{k}"])
+            assert metrics[f"test/{peer}/delta_{k}_ci_low"] <= delta
+            assert delta <= metrics[f"test/{peer}/delta_{k}_ci_high"]
 
     aligned = load_alignment_model(tmp_path / "align" / "checkpoints" / "last.ckpt")
     after = {f"model.{k}": v for k, v in aligned.state_dict().items() if torch.is_tensor(v)}

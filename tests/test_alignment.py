@@ -19,6 +19,7 @@ from neurobridge.alignment import (
     clip_infonce,
     fit_kernel_ridge,
     fit_ridge,
+    paired_accuracy_difference,
     two_way_identification,
 )
 from neurobridge.models import LatentReadout, NeuralProjector
@@ -277,6 +278,40 @@ def test_retrieval_300way_matches_random_subsets():
         assert out[f"top{k}_300way"].item() == pytest.approx(
             (n_better < k).float().mean().item(), abs=0.01
         )
+
+
+def test_hits_by_image_count_what_compute_averages():
+    # image 0 shown twice (once decoded as image 1), image 1 once, image 2 once, image 3 never
+    metric = RetrievalMetrics(candidates=torch.eye(4))
+    e = torch.eye(4)
+    metric.update(torch.stack([e[0], e[1], e[1], e[2]]), torch.tensor([0, 0, 1, 2]))
+    hits = metric.hits_by_image()
+    assert hits["presentations"].tolist() == [2, 1, 1, 0]
+    assert hits["top1"].tolist() == [1, 1, 1, 0] and hits["top5"].tolist() == [2, 1, 1, 0]
+    assert hits["top1"].sum() / hits["presentations"].sum() == metric.compute()["top1"]
+
+
+def test_paired_difference_resamples_images_and_covers_the_truth():
+    shown = torch.tensor([3, 2, 0, 1])
+    assert paired_accuracy_difference(shown, shown, shown) == (0.0, 0.0, 0.0)
+    assert paired_accuracy_difference(shown, torch.zeros(4), shown) == (1.0, 1.0, 1.0)
+    # 100 images x 4 presentations whose hits come all or none per image (A: p = 0.6, B: 0.4):
+    # the interval must be as wide as the images, not the 400 presentations, allow
+    rng = np.random.default_rng(0)
+    covered, widths = 0, []
+    for _ in range(40):
+        a = 4 * (rng.random(100) < 0.6)
+        b = 4 * (rng.random(100) < 0.4)
+        diff, low, high = paired_accuracy_difference(a, b, np.full(100, 4), n_boot=2000)
+        assert low <= diff <= high
+        covered += low <= 0.2 <= high
+        widths.append(high - low)
+    # per image d = (a - b) / 4 has sd sqrt(0.24 + 0.24) = 0.69: the 95 % width is
+    # 2 * 1.96 * 0.69 / sqrt(100) = 0.27 (0.14 if presentations were independent)
+    assert np.mean(widths) == pytest.approx(0.27, rel=0.1)
+    assert covered >= 34
+    with pytest.raises(ValueError, match=r"at least one presentation"):
+        paired_accuracy_difference(shown, shown, torch.zeros(4))
 
 
 def test_retrieval_update_errors():

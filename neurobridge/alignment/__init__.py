@@ -12,7 +12,12 @@ from .clip import TINY_MODEL_NAME, CLIPImageEncoder, build_clip_image_encoder
 from .embedding_cache import EmbeddingCache, embed_image_source, write_embedding_cache
 from .infonce import LogitScale, clip_infonce
 from .neural_embeddings import mean_test_embeddings, neural_clip_embedding
-from .retrieval import RetrievalMetrics, TwoWayIdentification, two_way_identification
+from .retrieval import (
+    RetrievalMetrics,
+    TwoWayIdentification,
+    paired_accuracy_difference,
+    two_way_identification,
+)
 from .ridge import (
     RIDGE_ALPHAS,
     check_ridge_options,
@@ -36,6 +41,7 @@ __all__ = [
     "neural_clip_embedding",
     "RetrievalMetrics",
     "TwoWayIdentification",
+    "paired_accuracy_difference",
     "two_way_identification",
     "RIDGE_ALPHAS",
     "check_ridge_options",

@@ -1,18 +1,24 @@
 """Test-split metrics of the visual alignment: retrieval in CLIP space and 2-way identification.
 
 Retrieval uses cosine similarity. A query counts as correct at top-``k`` when fewer than ``k``
-candidates score strictly higher than the true one (ties favour the true candidate).
+candidates score strictly higher than the true one (ties favour the true candidate). Two
+readouts scored on the same presentations are compared with :func:`paired_accuracy_difference`
+(a bootstrap over test images of the difference in accuracy).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["RetrievalMetrics", "TwoWayIdentification", "two_way_identification"]
+__all__ = [
+    "RetrievalMetrics", "TwoWayIdentification", "paired_accuracy_difference",
+    "two_way_identification",
+]
 
 
 def _log_comb(n: Tensor, k: Tensor) -> Tensor:
@@ -96,13 +102,34 @@ class RetrievalMetrics(Metric):
         self.neural.append(F.normalize(neural.detach().float(), dim=-1))
         self.image_index.append(image_index.long())
 
-    def compute(self) -> dict[str, Tensor]:
+    def _n_better(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(neural [P, D], image_index [P], n_better [P])``: the candidates that score
+        strictly higher than each presentation's true image."""
         neural = dim_zero_cat(self.neural)
         index = dim_zero_cat(self.image_index)
-        n = self.candidates.shape[0]
         sims = neural @ self.candidates.T  # [P, N]
         true_sim = sims.gather(1, index[:, None])
-        n_better = (sims > true_sim).sum(dim=1)
+        return neural, index, (sims > true_sim).sum(dim=1)
+
+    def hits_by_image(self) -> dict[str, Tensor]:
+        """Neural → image hits counted per candidate image, for paired comparisons of two
+        readouts on the same presentations (:func:`paired_accuracy_difference`).
+
+        Returns:
+            ``presentations`` ``[N]``: presentations of each candidate (0 if never shown);
+            ``top1``, ``top5`` ``[N]``: how many of them retrieve it at top-1 / top-5. So
+            ``top1.sum() / presentations.sum()`` is ``compute()["top1"]``.
+        """
+        _, index, n_better = self._n_better()
+        n = self.candidates.shape[0]
+        out = {"presentations": torch.bincount(index, minlength=n)}
+        for k in (1, 5):
+            out[f"top{k}"] = torch.bincount(index, weights=(n_better < k).double(), minlength=n)
+        return {key: v.long().cpu() for key, v in out.items()}
+
+    def compute(self) -> dict[str, Tensor]:
+        neural, index, n_better = self._n_better()
+        n = self.candidates.shape[0]
 
         images, inverse = torch.unique(index, return_inverse=True)
         mean_neural = torch.zeros(len(images), neural.shape[1], device=neural.device)
@@ -129,6 +156,43 @@ class RetrievalMetrics(Metric):
                 p = _subset_topk(n_better, n - 1, self.n_way - 1, k)
                 out[f"top{k}_{self.n_way}way"] = p.mean().float()
         return out
+
+
+def paired_accuracy_difference(
+    hits_a: Tensor, hits_b: Tensor, presentations: Tensor, *, n_boot: int = 10_000,
+    level: float = 0.95, seed: int = 0,
+) -> tuple[float, float, float]:
+    """Accuracy of readout A minus that of readout B on the same presentations, with a
+    percentile bootstrap interval that resamples test images (presentations of one image are
+    not independent), both readouts' hits together (paired).
+
+    Args:
+        hits_a: ``[N]`` correct presentations of readout A per image
+            (:meth:`RetrievalMetrics.hits_by_image`).
+        hits_b: ``[N]`` the same for readout B.
+        presentations: ``[N]`` presentations per image, the same for both readouts.
+        n_boot: bootstrap resamples.
+        level: coverage of the interval.
+        seed: seed of the resampling (the interval is deterministic).
+
+    Returns:
+        ``(difference, low, high)``.
+    """
+    a, b, n = (np.asarray(x, dtype=np.float64) for x in (hits_a, hits_b, presentations))
+    if not (a.shape == b.shape == n.shape and a.ndim == 1) or n.sum() <= 0:
+        raise ValueError(
+            "paired_accuracy_difference: hits_a, hits_b and presentations must be [N] with at "
+            f"least one presentation, got shapes {a.shape}, {b.shape}, {n.shape}.")
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise ValueError(f"paired_accuracy_difference: need 0 < level < 1 and n_boot >= 1, got "
+                         f"{level} and {n_boot}.")
+    shown = n > 0
+    diff, n = (a - b)[shown], n[shown]
+    draws = np.random.default_rng(seed).integers(0, len(n), size=(n_boot, len(n)))
+    boot = diff[draws].sum(axis=1) / n[draws].sum(axis=1)
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(boot, [tail, 100.0 - tail])
+    return float(diff.sum() / n.sum()), float(low), float(high)
 
 
 def two_way_identification(pred: Tensor, target: Tensor) -> Tensor:

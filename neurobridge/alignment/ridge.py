@@ -10,7 +10,10 @@ target; the test presentations are then scored with the alignment task's own ret
 ``test/ridge/two_way``). With ``kernel`` the same counts also feed a nonlinear peer, kernel
 ridge regression with a Gaussian kernel (``test/kernel_ridge/...``; penalty and kernel width
 chosen together on validation). The linear probe (:func:`latent_probe_scores`) fits the linear
-ridge on the encoder's latents instead of the counts.
+ridge on the encoder's latents instead of the counts. Each peer is compared with the alignment
+head on the same test presentations: ``test/<peer>/delta_top1`` (the head's top-1 minus the
+peer's; also ``top5``) with its 95 % bootstrap interval over test images
+(``..._ci_low``, ``..._ci_high``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,11 @@ import numpy as np
 import torch
 from lightning.pytorch.utilities import move_data_to_device
 
-from neurobridge.alignment.retrieval import RetrievalMetrics, TwoWayIdentification
+from neurobridge.alignment.retrieval import (
+    RetrievalMetrics,
+    TwoWayIdentification,
+    paired_accuracy_difference,
+)
 from neurobridge.data.binning import bin_spikes
 
 __all__ = [
@@ -134,8 +141,24 @@ def _fit_and_score(module, parts: dict, candidates: list, prefix: str) -> dict[s
     out = {f"{prefix}/retrieval_{k}": float(v) for k, v in results.items()
            if k in ("top1", "top5", "image_to_neural_top1", "image_to_neural_top5")}
     out[f"{prefix}/two_way"] = float(two_way.compute())
+    out.update(_head_minus_peer(getattr(module, "test_hits", None), retrieval.hits_by_image(),
+                                prefix))
     out.update({f"{prefix}/{group}/{k}": v for group, params in chosen.items()
                 for k, v in params.items()})
+    return out
+
+
+def _head_minus_peer(head: Mapping | None, peer: Mapping, prefix: str) -> dict[str, float]:
+    """``{prefix}/delta_top{k}`` (the head's accuracy minus the peer's) with its 95 % bootstrap
+    interval over test images (``_ci_low``, ``_ci_high``), when both scored the same
+    presentations (none otherwise, e.g. a peer that skipped a recording)."""
+    if head is None or not torch.equal(head["presentations"], peer["presentations"]):
+        return {}
+    out = {}
+    for k in ("top1", "top5"):
+        diff, low, high = paired_accuracy_difference(head[k], peer[k], peer["presentations"])
+        out.update({f"{prefix}/delta_{k}": diff, f"{prefix}/delta_{k}_ci_low": low,
+                    f"{prefix}/delta_{k}_ci_high": high})
     return out
 
 

@@ -123,6 +123,9 @@ class AlignmentTraining(L.LightningModule):
             {s: RetrievalMetrics(candidates=self._split_embeddings(s)) for s in ("valid", "test")}
         )
         self.two_way = torch.nn.ModuleDict({s: TwoWayIdentification() for s in ("valid", "test")})
+        #: the test split's :meth:`RetrievalMetrics.hits_by_image`, kept after the test epoch so
+        #: that the peers scored after it are compared on the same presentations
+        self.test_hits: dict[str, Tensor] | None = None
 
     def _split_embeddings(self, split: str) -> Tensor:
         first, n = self.split_rows[split]
@@ -182,6 +185,8 @@ class AlignmentTraining(L.LightningModule):
         for key, value in results.items():
             self.log(f"{stage}/retrieval_{key}", float(value), prog_bar=key == "top5")
         self.log(f"{stage}/two_way", self.two_way[split].compute())
+        if split == "test":
+            self.test_hits = self.retrieval[split].hits_by_image()
         self.retrieval[split].reset()
         self.two_way[split].reset()
 
