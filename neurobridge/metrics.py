@@ -11,7 +11,8 @@ index of the unit each cell belongs to::
 All states are per-unit sums reduced with ``dist_reduce_fx="sum"``, so the value computed after a
 multi-process (DDP) sync is exactly the single-process value on the union of the cells. States are
 kept in float64 so that long evaluations do not lose precision; float64 is not available on Apple
-MPS devices.
+MPS devices. Two predictions scored on the same cells are compared with
+:func:`paired_co_bps_difference` (a bootstrap over units, :func:`paired_bootstrap_interval`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ __all__ = [
     "MaskedR2",
     "gain_over_mean_rate",
     "log_rate_from_rate",
+    "paired_bootstrap_interval",
+    "paired_co_bps_difference",
     "poisson_log_likelihood",
 ]
 
@@ -288,3 +291,59 @@ class MaskedR2(_PerUnitSumMetric):
         if sst <= 0:
             return torch.tensor(float("nan"), device=sst.device)
         return (1.0 - self.sse.sum() / sst).float()
+
+
+def paired_bootstrap_interval(
+    difference: np.ndarray, weight: np.ndarray, *, n_boot: int = 10_000, level: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float]:
+    """``sum(difference) / sum(weight)`` and its percentile bootstrap interval, resampling the
+    ``[N]`` groups (units, images) with replacement: a paired comparison of two predictions
+    when ``difference`` holds each group's score of A minus that of B on the same cells.
+
+    Args:
+        difference: ``[N]`` per-group difference of the two scores' numerators.
+        weight: ``[N]`` per-group denominator (spikes, presentations); groups of weight 0 and
+            difference 0 are left out.
+        n_boot: bootstrap resamples.
+        level: coverage of the interval.
+        seed: seed of the resampling (the interval is deterministic).
+
+    Returns:
+        ``(estimate, low, high)``.
+    """
+    d, w = np.asarray(difference, dtype=np.float64), np.asarray(weight, dtype=np.float64)
+    if not (d.shape == w.shape and d.ndim == 1) or w.sum() <= 0:
+        raise ValueError("paired_bootstrap_interval: difference and weight must be [N] with a "
+                         f"positive total weight, got shapes {d.shape}, {w.shape}.")
+    if not 0.0 < level < 1.0 or n_boot < 1:
+        raise ValueError(f"paired_bootstrap_interval: need 0 < level < 1 and n_boot >= 1, got "
+                         f"{level} and {n_boot}.")
+    keep = (w > 0) | (d != 0)
+    d, w = d[keep], w[keep]
+    draws = np.random.default_rng(seed).integers(0, len(d), size=(n_boot, len(d)))
+    boot = d[draws].sum(axis=1) / np.maximum(w[draws].sum(axis=1), 1e-300)
+    tail = 100.0 * (1.0 - level) / 2.0
+    low, high = np.percentile(boot, [tail, 100.0 - tail])
+    return float(d.sum() / w.sum()), float(low), float(high)
+
+
+def paired_co_bps_difference(a: CoBPS, b: CoBPS, **kwargs) -> tuple[float, float, float]:
+    """Co-bps of prediction A minus that of prediction B, both accumulated on the same cells,
+    with a bootstrap interval over units (the null model cancels: the difference is
+    ``(LL_A - LL_B) / (n_spikes ln 2)``). Read the metrics after a DDP sync (e.g. inside
+    ``Metric.sync_context``) to compare all processes' cells.
+
+    Args:
+        a: the first prediction's metric.
+        b: the second's, updated with the same cells.
+        **kwargs: ``n_boot``, ``level``, ``seed`` of :func:`paired_bootstrap_interval`.
+
+    Returns:
+        ``(difference, low, high)`` in bits per spike.
+    """
+    if not (torch.equal(a.cells, b.cells) and torch.equal(a.spikes, b.spikes)):
+        raise ValueError("paired_co_bps_difference: the two metrics were updated with different "
+                         "cells; a paired comparison needs the same cells in both.")
+    difference = ((a.model_ll - b.model_ll) / _LN2).cpu().numpy()
+    return paired_bootstrap_interval(difference, a.spikes.cpu().numpy(), **kwargs)

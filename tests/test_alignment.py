@@ -310,7 +310,7 @@ def test_paired_difference_resamples_images_and_covers_the_truth():
     # 2 * 1.96 * 0.69 / sqrt(100) = 0.27 (0.14 if presentations were independent)
     assert np.mean(widths) == pytest.approx(0.27, rel=0.1)
     assert covered >= 34
-    with pytest.raises(ValueError, match=r"at least one presentation"):
+    with pytest.raises(ValueError, match=r"positive total weight"):
         paired_accuracy_difference(shown, shown, torch.zeros(4))
 
 

@@ -10,6 +10,7 @@ from neurobridge.metrics import (
     MaskedMSE,
     MaskedR2,
     log_rate_from_rate,
+    paired_co_bps_difference,
     poisson_log_likelihood,
 )
 
@@ -158,6 +159,28 @@ def test_cobps_true_rates_positive_shuffled_negative():
     bad = CoBPS(num_units=n_units)
     bad.update(log_rate_true[perm], counts, unit)
     assert bad.compute().item() < -0.1
+
+
+def test_paired_co_bps_difference_is_the_difference_with_a_unit_bootstrap_interval():
+    log_rate, counts, unit = _simulate_modulated(seed=3, n_units=40, n_bins=2000)
+    n_units = counts.shape[1]
+    true, flat = CoBPS(num_units=n_units), CoBPS(num_units=n_units)
+    true.update(log_rate, counts, unit)
+    flat.update(0.5 * log_rate + 0.5 * log_rate.mean(0), counts, unit)  # half the modulation
+    diff, low, high = paired_co_bps_difference(true, flat)
+    # the null model cancels: the paired difference is the difference of the two co-bps
+    assert diff == pytest.approx(true.compute().item() - flat.compute().item(), rel=1e-5)
+    assert 0 < low < diff < high
+    # the interval's width is the ratio estimator's over units: 2 x 1.96 x its standard error
+    d = ((true.model_ll - flat.model_ll) / math.log(2)).numpy()
+    s = true.spikes.numpy()
+    se = math.sqrt(n_units / (n_units - 1) * ((d - diff * s) ** 2).sum()) / s.sum()
+    assert high - low == pytest.approx(2 * 1.96 * se, rel=0.15)
+    assert paired_co_bps_difference(true, true) == (0.0, 0.0, 0.0)
+    other = CoBPS(num_units=n_units)
+    other.update(log_rate[:100], counts[:100], unit[:100])
+    with pytest.raises(ValueError, match="same cells"):
+        paired_co_bps_difference(true, other)
 
 
 def test_cobps_batched_updates_and_any_shape():

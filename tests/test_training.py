@@ -36,6 +36,13 @@ def test_pretraining_learns_and_writes_the_contract_outputs(small_recordings, tm
     assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "run" / "loss_curves.png").stat().st_size > 10_000
     assert (tmp_path / "run" / "masked_rates.png").stat().st_size > 10_000
+    # the model against the baseline on the same cells, with a bootstrap interval over units
+    for mode in ("", "/neuron"):
+        delta = on_disk[f"test/baseline/delta_co_bps{mode}"]
+        assert delta == pytest.approx(
+            on_disk[f"test/co_bps{mode}"] - on_disk[f"test/baseline/co_bps{mode}"], abs=1e-5)
+        assert on_disk[f"test/baseline/delta_co_bps{mode}_ci_low"] <= delta
+        assert delta <= on_disk[f"test/baseline/delta_co_bps{mode}_ci_high"]
     # masked co-bps rises above 0 (an untrained model scores below 0) and stays below the oracle
     assert untrained["test/co_bps"] < 0 < metrics["test/co_bps"] < metrics["test/oracle/co_bps"]
 

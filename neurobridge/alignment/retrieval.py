@@ -15,6 +15,8 @@ from torch import Tensor
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from neurobridge.metrics import paired_bootstrap_interval
+
 __all__ = [
     "RetrievalMetrics", "TwoWayIdentification", "paired_accuracy_difference",
     "two_way_identification",
@@ -159,8 +161,7 @@ class RetrievalMetrics(Metric):
 
 
 def paired_accuracy_difference(
-    hits_a: Tensor, hits_b: Tensor, presentations: Tensor, *, n_boot: int = 10_000,
-    level: float = 0.95, seed: int = 0,
+    hits_a: Tensor, hits_b: Tensor, presentations: Tensor, **kwargs
 ) -> tuple[float, float, float]:
     """Accuracy of readout A minus that of readout B on the same presentations, with a
     percentile bootstrap interval that resamples test images (presentations of one image are
@@ -171,28 +172,17 @@ def paired_accuracy_difference(
             (:meth:`RetrievalMetrics.hits_by_image`).
         hits_b: ``[N]`` the same for readout B.
         presentations: ``[N]`` presentations per image, the same for both readouts.
-        n_boot: bootstrap resamples.
-        level: coverage of the interval.
-        seed: seed of the resampling (the interval is deterministic).
+        **kwargs: ``n_boot``, ``level``, ``seed`` of
+            :func:`neurobridge.metrics.paired_bootstrap_interval`.
 
     Returns:
         ``(difference, low, high)``.
     """
-    a, b, n = (np.asarray(x, dtype=np.float64) for x in (hits_a, hits_b, presentations))
-    if not (a.shape == b.shape == n.shape and a.ndim == 1) or n.sum() <= 0:
-        raise ValueError(
-            "paired_accuracy_difference: hits_a, hits_b and presentations must be [N] with at "
-            f"least one presentation, got shapes {a.shape}, {b.shape}, {n.shape}.")
-    if not 0.0 < level < 1.0 or n_boot < 1:
-        raise ValueError(f"paired_accuracy_difference: need 0 < level < 1 and n_boot >= 1, got "
-                         f"{level} and {n_boot}.")
-    shown = n > 0
-    diff, n = (a - b)[shown], n[shown]
-    draws = np.random.default_rng(seed).integers(0, len(n), size=(n_boot, len(n)))
-    boot = diff[draws].sum(axis=1) / n[draws].sum(axis=1)
-    tail = 100.0 * (1.0 - level) / 2.0
-    low, high = np.percentile(boot, [tail, 100.0 - tail])
-    return float(diff.sum() / n.sum()), float(low), float(high)
+    a, b = np.asarray(hits_a, dtype=np.float64), np.asarray(hits_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired_accuracy_difference: hits_a and hits_b must have the same "
+                         f"shape, got {a.shape} and {b.shape}.")
+    return paired_bootstrap_interval(a - b, np.asarray(presentations), **kwargs)
 
 
 def two_way_identification(pred: Tensor, target: Tensor) -> Tensor:

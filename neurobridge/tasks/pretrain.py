@@ -16,7 +16,7 @@ from neurobridge.data import MaskedBatch, MaskedTokenizer, NeuralDataModule
 from neurobridge.data.spike_values import VALUE_SOURCES
 from neurobridge.losses import masked_mse, masked_poisson_nll
 from neurobridge.masking import MASKING_MODES
-from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate
+from neurobridge.metrics import CoBPS, MaskedR2, log_rate_from_rate, paired_co_bps_difference
 from neurobridge.modality import Modality
 from neurobridge.models import MaskedModel, MaskedModelEnsemble, build_masked_model
 from neurobridge.tasks.common import (
@@ -225,15 +225,26 @@ class MaskedPretraining(L.LightningModule):
             device=self.device,
         )
         updated = self.all_gather(updated).reshape(-1, len(self.metric_keys)).any(dim=0)
-        for key, any_rank in zip(self.metric_keys, updated.tolist()):
+        scored = {k for k, any_rank in zip(self.metric_keys, updated.tolist()) if any_rank}
+        for key in self.metric_keys:
             who, mode = key.split("/")
-            metric = self.metrics[key.replace("/", "__")]
-            if who not in whos or not any_rank:
+            if who not in whos or key not in scored:
                 continue
             prefix = f"{stage}/{name}" if who == "model" else f"{stage}/{who}/{name}"
-            self.log(prefix if mode == "all" else f"{prefix}/{mode}", metric.compute(),
-                     prog_bar=(who == "model" and mode == "all"))
-            metric.reset()
+            suffix = "" if mode == "all" else f"/{mode}"
+            metric = self.metrics[key.replace("/", "__")]
+            self.log(prefix + suffix, metric.compute(), prog_bar=(who == "model" and mode == "all"))
+            if who == "baseline" and self.is_spiking and f"model/{mode}" in scored:
+                model = self.metrics[f"model__{mode}"]
+                with model.sync_context(), metric.sync_context():
+                    diff, low, high = paired_co_bps_difference(model, metric)
+                delta = f"{stage}/baseline/delta_co_bps{suffix}"
+                self.log(delta, diff)
+                self.log(f"{delta}_ci_low", low)
+                self.log(f"{delta}_ci_high", high)
+        for key in scored:
+            if key.split("/")[0] in whos:
+                self.metrics[key.replace("/", "__")].reset()
 
     def _window_grids(self, batch: MaskedBatch):
         """``(b, session id, counts [T, n], loss mask [T, n])`` of every window of the batch."""
