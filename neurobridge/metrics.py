@@ -28,10 +28,12 @@ __all__ = [
     "CoBPS",
     "MaskedMSE",
     "MaskedR2",
+    "co_bps_from_sums",
     "gain_over_mean_rate",
     "log_rate_from_rate",
     "paired_bootstrap_interval",
     "paired_co_bps_difference",
+    "paired_log_likelihood_difference",
     "poisson_log_likelihood",
 ]
 
@@ -206,15 +208,20 @@ class CoBPS(_PerUnitSumMetric):
 
     def compute(self) -> Tensor:
         """Bits per spike over all accumulated cells; NaN if no spike was evaluated."""
-        spikes, cells = self.spikes, self.cells
-        null_rate = torch.where(cells > 0, spikes / cells.clamp_min(1.0), torch.zeros_like(spikes))
-        # Null LL without lgamma: sum_cells(y log r - r) = S log r - n r = S log r - S.
-        null_ll = torch.special.xlogy(spikes, null_rate) - null_rate * cells
-        total_spikes = spikes.sum()
-        if total_spikes <= 0:
-            return torch.tensor(float("nan"), device=spikes.device)
-        bps = (self.model_ll.sum() - null_ll.sum()) / (total_spikes * _LN2)
-        return bps.float()
+        return co_bps_from_sums(self.model_ll, self.spikes, self.cells).float()
+
+
+def co_bps_from_sums(model_ll: Tensor, spikes: Tensor, cells: Tensor) -> Tensor:
+    """Co-bps from :class:`CoBPS`'s per-unit sums (each ``[num_units]``: the model's
+    log-likelihood without ``lgamma``, the spike count and the number of evaluated cells); NaN
+    if no spike was evaluated."""
+    null_rate = torch.where(cells > 0, spikes / cells.clamp_min(1.0), torch.zeros_like(spikes))
+    # Null LL without lgamma: sum_cells(y log r - r) = S log r - n r = S log r - S.
+    null_ll = torch.special.xlogy(spikes, null_rate) - null_rate * cells
+    total_spikes = spikes.sum()
+    if total_spikes <= 0:
+        return torch.tensor(float("nan"), dtype=spikes.dtype, device=spikes.device)
+    return (model_ll.sum() - null_ll.sum()) / (total_spikes * _LN2)
 
 
 class MaskedMSE(_PerUnitSumMetric):
@@ -345,5 +352,15 @@ def paired_co_bps_difference(a: CoBPS, b: CoBPS, **kwargs) -> tuple[float, float
     if not (torch.equal(a.cells, b.cells) and torch.equal(a.spikes, b.spikes)):
         raise ValueError("paired_co_bps_difference: the two metrics were updated with different "
                          "cells; a paired comparison needs the same cells in both.")
-    difference = ((a.model_ll - b.model_ll) / _LN2).cpu().numpy()
-    return paired_bootstrap_interval(difference, a.spikes.cpu().numpy(), **kwargs)
+    return paired_log_likelihood_difference(a.model_ll, b.model_ll, a.spikes, **kwargs)
+
+
+def paired_log_likelihood_difference(
+    model_ll_a: Tensor | np.ndarray, model_ll_b: Tensor | np.ndarray,
+    spikes: Tensor | np.ndarray, **kwargs,
+) -> tuple[float, float, float]:
+    """:func:`paired_co_bps_difference` from the per-unit sums of two predictions on the same
+    cells (each ``[num_units]``, as :class:`CoBPS` holds them)."""
+    a, b, s = (np.asarray(torch.as_tensor(x).cpu(), dtype=np.float64)
+               for x in (model_ll_a, model_ll_b, spikes))
+    return paired_bootstrap_interval((a - b) / _LN2, s, **kwargs)

@@ -5,9 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_benchmark_script import _load_script
 from test_models import KW, UNITS, _spike_inputs
 from test_training import FAST, _cfg
 
+from neurobridge.comparison import compare_unit_scores
 from neurobridge.masking import MASKING_MODES
 from neurobridge.models import (
     MaskedModel,
@@ -103,6 +105,19 @@ def test_evaluate_scores_checkpoints_alone_and_as_an_ensemble(small_recordings, 
     assert single["test/nlb/ceiling/co_bps"] > single["test/nlb/co_bps"]
     assert single["test/nlb/ceiling/fp_bps"] > single["test/nlb/fp_bps"]
     assert np.isfinite(single["test/nlb/synthetic_s00/ceiling/co_bps"])
+    # every test wrote its per-unit sums: runs on the same cells compare unit by unit
+    same = compare_unit_scores(tmp_path / "one", tmp_path / "s1")
+    assert same["all"]["delta"] == same["all"]["ci_low"] == same["all"]["ci_high"] == 0.0
+    for mode in ("all", *MASKING_MODES):
+        key = "test/co_bps" + ("" if mode == "all" else f"/{mode}")
+        pair = compare_unit_scores(tmp_path / "eval", tmp_path / "s0")[mode]
+        assert pair["a"] == pytest.approx(metrics[key], abs=1e-5)
+        assert pair["b"] == pytest.approx(runs[0][key], abs=1e-5)
+        assert pair["delta"] == pytest.approx(metrics[key] - runs[0][key], abs=1e-5)
+        assert pair["ci_low"] <= pair["delta"] <= pair["ci_high"]
+    table = _load_script("compare_runs").comparison_table(
+        [str(tmp_path / "s0"), str(tmp_path / "s1")], n_boot=200)
+    assert f"| {tmp_path / 's0'} (reference) | {runs[0]['test/co_bps']:.4f} |" in table
 
 
 def test_evaluate_start_up_errors(small_recordings, tmp_path):

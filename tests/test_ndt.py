@@ -8,6 +8,7 @@ import torch
 from test_training import FAST, _cfg
 
 from neurobridge.baselines import NDTMaskedModel
+from neurobridge.comparison import compare_unit_scores
 from neurobridge.models import build_masked_model
 from neurobridge.training.run import run
 
@@ -66,6 +67,10 @@ def test_ndt_trains_tests_and_reloads(small_recordings, tmp_path):
                       f"task.checkpoints=[{tmp_path / 'ndt' / 'checkpoints' / 'last.ckpt'}]"]),
                 tmp_path / "eval")
     assert again["test/co_bps"] == pytest.approx(metrics["test/co_bps"], abs=1e-5)
+    # the peer's per-unit sums pair with its re-scoring, cell for cell
+    pair = compare_unit_scores(tmp_path / "eval", tmp_path / "ndt")["neuron"]
+    assert pair["a"] == pytest.approx(metrics["test/co_bps/neuron"], abs=1e-5)
+    assert pair["delta"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_alignment_refuses_the_ndt_encoder():

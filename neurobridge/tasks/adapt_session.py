@@ -24,6 +24,7 @@ from neurobridge.tasks.common import build_datamodule, check_reads_data
 from neurobridge.tasks.pretrain import (
     CHECKPOINT_KIND,
     MaskedPretraining,
+    after_masked_test,
     masked_pretraining,
     save_pretraining_plots,
 )
@@ -264,4 +265,5 @@ TASK = Task(
     checkpoint_kind=CHECKPOINT_KIND,
     check=_check,
     plots=save_pretraining_plots,
+    after_test=after_masked_test,
 )

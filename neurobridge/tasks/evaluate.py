@@ -21,7 +21,7 @@ from neurobridge.tasks.common import (
     nlb_protocol,
     smoothing_baseline,
 )
-from neurobridge.tasks.pretrain import MaskedPretraining
+from neurobridge.tasks.pretrain import MaskedPretraining, write_test_unit_scores
 from neurobridge.tasks.registry import Task
 from neurobridge.training.checkpoint import check_data_config, load_masked_model
 
@@ -93,6 +93,7 @@ def run_evaluation(cfg: DictConfig, run_dir: str | Path) -> dict[str, float]:
             metrics.update({f"member{i}/{k}": v for k, v in scores.items() if "/oracle/" not in k})
     log.info("Testing the %s", "ensemble" if len(members) > 1 else "checkpoint")
     metrics = {**_test(module, dm, cfg), **metrics}
+    write_test_unit_scores(module, run_dir)
     metrics.update(nlb_protocol(module, dm, cfg, run_dir))
     metrics["n_members"] = float(len(members))
     write_json_atomic(run_dir / "metrics.json", metrics)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -12,6 +13,7 @@ from omegaconf import DictConfig
 from torch import Tensor
 
 from neurobridge.baselines import LatentPosteriorCeiling, SmoothingGLMBaseline
+from neurobridge.comparison import UNIT_SCORES_FILE, write_unit_scores
 from neurobridge.data import MaskedBatch, MaskedTokenizer, NeuralDataModule
 from neurobridge.data.spike_values import VALUE_SOURCES
 from neurobridge.losses import masked_mse, masked_poisson_nll
@@ -117,6 +119,9 @@ class MaskedPretraining(L.LightningModule):
         self.metrics = torch.nn.ModuleDict(
             {k.replace("/", "__"): metric_cls(num_units=num_units) for k in self.metric_keys}
         )
+        #: ``{group: {"model_ll", "spikes", "cells": [num_units]}}`` of the model's last test
+        #: (all processes' cells), for :func:`write_test_unit_scores`
+        self.test_unit_sums: dict[str, dict[str, np.ndarray]] = {}
 
     # ------------------------------------------------------------------ core
     def forward(self, batch: MaskedBatch) -> Tensor:
@@ -234,6 +239,10 @@ class MaskedPretraining(L.LightningModule):
             suffix = "" if mode == "all" else f"/{mode}"
             metric = self.metrics[key.replace("/", "__")]
             self.log(prefix + suffix, metric.compute(), prog_bar=(who == "model" and mode == "all"))
+            if stage == "test" and who == "model" and self.is_spiking:
+                with metric.sync_context():
+                    self.test_unit_sums[mode] = {n: getattr(metric, n).cpu().numpy().copy()
+                                                 for n in ("model_ll", "spikes", "cells")}
             if who == "baseline" and self.is_spiking and f"model/{mode}" in scored:
                 model = self.metrics[f"model__{mode}"]
                 with model.sync_context(), metric.sync_context():
@@ -355,6 +364,24 @@ def save_pretraining_plots(module: MaskedPretraining, dm: NeuralDataModule, run_
     plots.save_pretraining_plots(module, dm, run_dir)
 
 
+def write_test_unit_scores(module: MaskedPretraining, run_dir: str | Path) -> None:
+    """``run_dir/test_unit_scores.npz``: the per-unit sums of the module's last test, for a
+    paired comparison with another run on the same cells (:mod:`neurobridge.comparison`);
+    nothing for value (MUA) models."""
+    if module.test_unit_sums:
+        vocab = module.model.encoder.unit_emb.vocab
+        write_unit_scores(Path(run_dir) / UNIT_SCORES_FILE, sorted(vocab, key=vocab.get),
+                          module.test_unit_sums)
+
+
+def after_masked_test(module: MaskedPretraining, dm: NeuralDataModule, cfg: DictConfig,
+                      run_dir: str | Path) -> dict[str, float]:
+    """After the test of a masked-model task: the per-unit sums
+    (:func:`write_test_unit_scores`) and, with ``task.protocol=nlb``, the NLB scores."""
+    write_test_unit_scores(module, run_dir)
+    return nlb_protocol(module, dm, cfg, run_dir)
+
+
 def check_pretraining(cfg: DictConfig) -> None:
     """``task.protocol`` options, and no ``init_from``: pretraining starts from scratch."""
     if cfg.get("init_from"):
@@ -374,5 +401,5 @@ TASK = Task(
     plots=save_pretraining_plots,
     resume_needs_same_model=True,
     check=check_pretraining,
-    after_test=nlb_protocol,
+    after_test=after_masked_test,
 )
