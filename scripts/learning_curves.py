@@ -110,7 +110,28 @@ def run_sweep(args: argparse.Namespace, out: Path) -> dict:
             for who in ("baseline", "ceiling", "oracle"):
                 results[who] = {m: test[f"test/{who}/co_bps" + ("" if m == "pooled" else f"/{m}")]
                                 for m in ("pooled", *MODES)}
+    results["paired"] = paired_differences(results, out)
     return results
+
+
+def paired_differences(results: dict, out: Path) -> dict:
+    """NeuroBridge minus the NDT-style peer on the same test cells of the shared session, per
+    number of sessions both were pretrained on (:mod:`neurobridge.comparison`; runs scored
+    before ``test_unit_scores.npz`` existed are left out)."""
+    from neurobridge.comparison import compare_unit_scores
+
+    paired = {}
+    for r in results["runs"].values():
+        peer = f"ndt_{r['sessions']}s"
+        if r["model"] != "neurobridge" or peer not in results["runs"]:
+            continue
+        try:
+            paired[str(r["sessions"])] = compare_unit_scores(
+                out / f"neurobridge_{r['sessions']}s" / f"eval_{SESSION}",
+                out / peer / f"eval_{SESSION}")
+        except (FileNotFoundError, ValueError) as err:
+            print(f"(no paired comparison for {r['sessions']} sessions: {err})")
+    return paired
 
 
 def write_table(results: dict, path: Path) -> None:
@@ -126,6 +147,11 @@ def write_table(results: dict, path: Path) -> None:
     for who in ("baseline", "ceiling", "oracle"):
         lines.append(f"| {who} | – | – | " + " | ".join(f"{results[who][c]:.3f}" for c in cols)
                      + " |")
+    for k, groups in results.get("paired", {}).items():
+        lines.append(f"| neurobridge − ndt, {k} sessions (95 % interval over units) | {k} | – | "
+                     + " | ".join(f"{groups[c]['delta']:+.3f} [{groups[c]['ci_low']:+.3f}, "
+                                  f"{groups[c]['ci_high']:+.3f}]"
+                                  for c in ("all", *MODES)) + " |")
     lines += ["", "Validation co-bps by step (each run's own validation split):", ""]
     for name, r in results["runs"].items():
         lines.append(f"- {name}: " + ", ".join(f"{s:,}: {v:.3f}" for s, v in r["validation"]))

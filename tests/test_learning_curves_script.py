@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 from test_benchmark_script import _load_script
+
+from neurobridge.comparison import write_unit_scores
 
 
 def test_learning_curves_sweep_commands_tables_and_reuse(tmp_path, monkeypatch, capsys):
@@ -20,6 +23,12 @@ def test_learning_curves_sweep_commands_tables_and_reuse(tmp_path, monkeypatch, 
         (run_dir / "logs").mkdir(parents=True)
         if opts.get("task") == "evaluate":
             k = 4 if "neurobridge_4s" in opts["hydra.run.dir"] else 1
+            # per-unit sums of 2 units on the same cells; NeuroBridge 1 nat better per unit
+            better = 1.0 if "neurobridge" in opts["hydra.run.dir"] else 0.0
+            write_unit_scores(run_dir / "test_unit_scores.npz", ["NA", "u0", "u1"], {
+                group: {"model_ll": np.array([0.0, -50.0 + better, -40.0 + better]),
+                        "spikes": np.array([0.0, 10.0, 10.0]), "cells": np.array([0, 50, 50])}
+                for group in ("all", *script.MODES)})
             metrics = {f"test/{who}co_bps{m}": v for who, v in
                        (("", 0.1 * k), ("baseline/", 0.11), ("ceiling/", 0.26), ("oracle/", 0.39))
                        for m in ("", *(f"/{mode}" for mode in script.MODES))}
@@ -52,6 +61,12 @@ def test_learning_curves_sweep_commands_tables_and_reuse(tmp_path, monkeypatch, 
     script.main(["--out", str(out), "--sessions", "1", "4", "--models", "neurobridge"])
     assert commands == []
     assert "| neurobridge | 4 |" in capsys.readouterr().out
+    # both models with one session: NeuroBridge minus the peer on the same cells, paired
+    both = tmp_path / "both"
+    script.main(["--out", str(both), "--sessions", "1"])
+    assert "| neurobridge − ndt, 1 sessions (95 % interval over units) | 1 | – | +0.144 [" in (
+        both / "learning_curves.md").read_text()  # 2 nats / (20 spikes ln 2)
+    commands.clear()
     # overrides reach the pretraining runs only, and the table names them
     script.main(["--out", str(tmp_path / "ndt"), "--models", "ndt", "--ndt-sessions", "4",
                  "--ndt-overrides", "model.encoder.dropout=0.0"])
