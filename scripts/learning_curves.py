@@ -76,6 +76,11 @@ def session_ids(k: int) -> str:
     return "[" + ",".join(f"synthetic_s{i:02d}" for i in range(k)) + "]"
 
 
+def evaluation_dir(run_dir: Path) -> Path:
+    """Where a pretraining run's checkpoint is scored on the shared session."""
+    return run_dir / f"eval_{SESSION}"
+
+
 def validation_curve(run_dir: Path) -> list[tuple[int, float]]:
     """``(step, validation co-bps)`` of a run's ``logs/metrics.csv``."""
     with open(run_dir / "logs" / "metrics.csv") as f:
@@ -95,7 +100,7 @@ def run_sweep(args: argparse.Namespace, out: Path) -> dict:
                 train([*MODELS[model], *extra, f"data.recording_ids={session_ids(k)}",
                        f"trainer.max_steps={steps}", "task.baseline=null", f"seed={args.seed}",
                        f"hydra.run.dir={run_dir}"])
-            eval_dir = run_dir / f"eval_{SESSION}"
+            eval_dir = evaluation_dir(run_dir)
             if not (eval_dir / "metrics.json").exists():
                 train(["task=evaluate", f"data.recording_ids=[{SESSION}]", "task.ceiling=true",
                        f"task.checkpoints=[{run_dir / 'checkpoints' / 'last.ckpt'}]",
@@ -121,14 +126,13 @@ def paired_differences(results: dict, out: Path) -> dict:
     from neurobridge.comparison import compare_unit_scores
 
     paired = {}
-    for r in results["runs"].values():
+    for name, r in results["runs"].items():
         peer = f"ndt_{r['sessions']}s"
         if r["model"] != "neurobridge" or peer not in results["runs"]:
             continue
         try:
-            paired[str(r["sessions"])] = compare_unit_scores(
-                out / f"neurobridge_{r['sessions']}s" / f"eval_{SESSION}",
-                out / peer / f"eval_{SESSION}")
+            paired[str(r["sessions"])] = compare_unit_scores(evaluation_dir(out / name),
+                                                             evaluation_dir(out / peer))
         except (FileNotFoundError, ValueError) as err:
             print(f"(no paired comparison for {r['sessions']} sessions: {err})")
     return paired
